@@ -1,0 +1,161 @@
+"""Plugin manager: entry points of group "ckmbench", loaded and called one by one.
+
+pluggy does not isolate failures, so every entry point is loaded in its own try/except and
+every hook implementation is called separately: one broken plugin is recorded (and shown
+by ``ckmbench plugins``) and never stops the others.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import metadata
+
+import pluggy
+
+from . import hookspecs
+from .errors import CkmError, unknown_name
+from .specs import DatasetSpec, MethodSpec, MetricSpec, TaskSpec
+
+GROUP = "ckmbench"
+KINDS = {
+    "methods": ("ckmbench_register_methods", MethodSpec),
+    "datasets": ("ckmbench_register_datasets", DatasetSpec),
+    "tasks": ("ckmbench_register_tasks", TaskSpec),
+    "metrics": ("ckmbench_register_metrics", MetricSpec),
+}
+
+
+@dataclass
+class PluginInfo:
+    """One loaded (or failed) plugin: where it comes from and what it registered."""
+
+    name: str
+    distribution: str
+    version: str
+    value: str
+    registered: dict[str, list[str]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Registry:
+    """Everything registered by all plugins, by kind and name."""
+
+    plugins: list[PluginInfo]
+    items: dict[str, dict[str, object]]
+    owner: dict[tuple[str, str], PluginInfo]
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.items[kind])
+
+    def get(self, kind: str, name: str):
+        singular = kind.rstrip("s")
+        try:
+            return self.items[kind][name]
+        except KeyError:
+            raise unknown_name(singular, name, self.names(kind)) from None
+
+    def method(self, name: str) -> MethodSpec:
+        return self.get("methods", name)
+
+    def dataset(self, name: str) -> DatasetSpec:
+        return self.get("datasets", name)
+
+    def task(self, name: str) -> TaskSpec:
+        return self.get("tasks", name)
+
+    def metric(self, name: str) -> MetricSpec:
+        return self.get("metrics", name)
+
+    def distribution_of(self, kind: str, name: str) -> tuple[str, str]:
+        info = self.owner[(kind, name)]
+        return info.distribution, info.version
+
+
+def _disabled() -> set[str]:
+    raw = os.environ.get("CKMBENCH_DISABLE_PLUGINS", "")
+    return {p.strip() for p in raw.split(",") if p.strip()}
+
+
+def _entry_points() -> list[metadata.EntryPoint]:
+    return sorted(metadata.entry_points(group=GROUP), key=lambda ep: (ep.dist.name if ep.dist else "", ep.name))
+
+
+def _short_error(exc: BaseException) -> str:
+    frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    where = f" ({frame[0].filename}:{frame[0].lineno})" if frame else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def load_registry(extra_plugins: tuple[object, ...] = ()) -> Registry:
+    """Load every entry point of group "ckmbench" (plus ``extra_plugins`` modules/objects)."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    disabled = _disabled()
+    infos: list[PluginInfo] = []
+    loaded: list[tuple[PluginInfo, object]] = []
+    sources = [(ep, None) for ep in _entry_points()] + [(None, obj) for obj in extra_plugins]
+    for ep, obj in sources:
+        if ep is not None:
+            dist = ep.dist.name if ep.dist else "?"
+            info = PluginInfo(ep.name, dist, ep.dist.version if ep.dist else "?", ep.value)
+        else:
+            info = PluginInfo(getattr(obj, "__name__", repr(obj)), "(in-process)", "-", repr(obj))
+        infos.append(info)
+        if info.name in disabled or info.distribution in disabled:
+            info.errors.append("disabled by CKMBENCH_DISABLE_PLUGINS")
+            continue
+        try:
+            plugin = ep.load() if ep is not None else obj
+            pm.register(plugin, name=f"{info.distribution}:{info.name}")
+        except Exception as exc:  # a broken plugin is recorded, never fatal
+            info.errors.append(f"failed to load: {_short_error(exc)}")
+            continue
+        loaded.append((info, plugin))
+
+    items: dict[str, dict[str, object]] = {k: {} for k in KINDS}
+    owner: dict[tuple[str, str], PluginInfo] = {}
+    for info, plugin in loaded:
+        for kind, (hook_name, spec_type) in KINDS.items():
+            impl = getattr(plugin, hook_name, None)
+            if impl is None:
+                continue
+            collected: list = []
+            try:
+                impl(register=collected.append)
+            except Exception as exc:
+                info.errors.append(f"{hook_name} raised {_short_error(exc)}")
+                continue
+            for spec in collected:
+                if not isinstance(spec, spec_type):
+                    info.errors.append(f"{hook_name} registered {type(spec).__name__}, expected {spec_type.__name__}")
+                    continue
+                if spec.name in items[kind]:
+                    other = owner[(kind, spec.name)]
+                    info.errors.append(
+                        f"duplicate {kind[:-1]} name '{spec.name}': registered by both "
+                        f"{other.distribution} ({other.name}) and {info.distribution} ({info.name}); kept the first"
+                    )
+                    continue
+                items[kind][spec.name] = spec
+                owner[(kind, spec.name)] = info
+                info.registered.setdefault(kind, []).append(spec.name)
+    return Registry(infos, items, owner)
+
+
+@lru_cache(maxsize=1)
+def registry() -> Registry:
+    """The process-wide registry (cached; call ``registry.cache_clear()`` after installs)."""
+    return load_registry()
+
+
+def require_profile(spec: MethodSpec, profile: str) -> dict:
+    """The hyper-parameters of ``profile`` for ``spec``, or a one-line error listing the valid ones."""
+    if profile not in spec.profiles:
+        raise CkmError(
+            f"method '{spec.name}' has no profile '{profile}': choose one of {', '.join(spec.profiles)}"
+        )
+    return dict(spec.profiles[profile])

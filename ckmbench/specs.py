@@ -1,0 +1,74 @@
+"""What a plugin registers: one small, frozen spec per method, dataset, task and metric."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+PROFILES = ("tiny", "small", "paper")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method or baseline.
+
+    ``factory(profile_name, hparams)`` returns an object with the ``ckmbench.method.Method``
+    interface. ``tasks`` lists the task names it supports (exact names, e.g. ``sr4``,
+    ``sr4-noisy``, ``inpaint``); ``profiles`` maps each of tiny/small/paper to a plain dict
+    of hyper-parameters.
+    """
+
+    name: str
+    factory: Callable[[str, dict], Any]
+    tasks: tuple[str, ...]
+    profiles: dict[str, dict] = field(default_factory=lambda: {p: {} for p in PROFILES})
+    description: str = ""
+    kind: str = "baseline"  # "baseline" (classical), "learned" or "diffusion"
+
+    def supports(self, task_name: str) -> bool:
+        return task_name in self.tasks
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset.
+
+    ``load(root, **options)`` returns a ``ckmbench.data.sample.MapDataset``. ``root`` is the
+    folder on disk for real datasets (``None`` for generated ones); when ``env_var`` is set
+    and no root is given, the root is read from that environment variable.
+    """
+
+    name: str
+    load: Callable[..., Any]
+    description: str = ""
+    needs_root: bool = False
+    env_var: str | None = None
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task: ``make(**params)`` returns a ``ckmbench.tasks.base.Task``."""
+
+    name: str
+    make: Callable[..., Any]
+    description: str = ""
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A metric.
+
+    ``kind`` is ``"per_sample"`` (``compute(pred, target, ctx) -> np.ndarray (B,)`` on
+    normalized maps, averaged over the test set), ``"aggregate"`` (``compute(per_sample_values
+    dict) -> float``, e.g. rmse from mse) or ``"distribution"`` (``compute(preds, targets,
+    ctx) -> dict`` over the whole test set, e.g. FID).
+    """
+
+    name: str
+    compute: Callable[..., Any]
+    higher_is_better: bool
+    kind: str = "per_sample"
+    description: str = ""
+    unit: str = ""
