@@ -93,7 +93,8 @@ class Task:
         return sample.u
 
     def scored_regions(self, sample: Sample, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {}
+        """Boolean masks for suffixed metrics; every task scores ``@outdoor`` (outside buildings)."""
+        return {"outdoor": ~sample.buildings}
 
     @property
     def train_task(self) -> str:

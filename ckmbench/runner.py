@@ -1,0 +1,304 @@
+"""run(method, task, dataset, profile) -> result record: fit, predict, score, store.
+
+Problems with the request itself (unknown names, unsupported task, missing data folder)
+raise ``CkmError`` before anything is written. Once the run starts, any failure is caught
+and stored as a record with status "error" (or "timeout"), so a sweep never dies on one
+bad run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data.builtin import DEFAULT_DATASET
+from .data.registry import load_dataset
+from .errors import CkmError
+from .method import Method, RunContext, TaskData
+from .plugins import Registry, registry as default_registry, require_profile
+from .provenance import base_provenance, config_hash
+from .results import append_record, atomic_write_bytes, atomic_write_text, store_path
+
+log = logging.getLogger("ckmbench.run")
+
+
+class RunTimeout(Exception):
+    """The run went past its time budget."""
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines one run."""
+
+    method: str
+    task: str
+    dataset: str = DEFAULT_DATASET
+    profile: str = "small"
+    seed: int = 0
+    device: str = "cpu"
+    train_dataset: str | None = None
+    data_root: str | None = None
+    train_data_root: str | None = None
+    store: str | None = None
+    runs_dir: str = "runs"
+    max_test: int | None = None
+    batch_size: int = 16
+    examples: int = 4
+    time_budget_s: float | None = None
+    checkpoint: str | None = None
+    progress: bool = True
+    hparams: dict = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    spec: object
+    task: object
+    train_task: object
+    test: object
+    train: object
+    val: object
+    hparams: dict
+    device: torch.device
+
+
+def resolve_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CkmError(f"unknown device '{name}': use cpu or cuda (or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CkmError(f"device '{name}' requested but CUDA is not available here: use --device cpu")
+    return device
+
+
+def check_supported(spec, task_name: str) -> None:
+    if not spec.supports(task_name):
+        raise CkmError(
+            f"method '{spec.name}' does not support task '{task_name}': it supports {', '.join(spec.tasks) or 'none'}"
+        )
+
+
+def _evenly(n: int, k: int) -> np.ndarray:
+    if k >= n:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, k).round().astype(int))
+
+
+def prepare(cfg: RunConfig, reg: Registry) -> Prepared:
+    """Validate the request and load the data; raises CkmError on bad input."""
+    spec = reg.method(cfg.method)
+    task_spec = reg.task(cfg.task)
+    check_supported(spec, cfg.task)
+    hparams = {**require_profile(spec, cfg.profile), **cfg.hparams}
+    device = resolve_device(cfg.device)
+    task = task_spec.make(**task_spec.params)
+    train_task_spec = reg.task(task.train_task)
+    train_task = train_task_spec.make(**train_task_spec.params)
+    test_ds = load_dataset(cfg.dataset, root=cfg.data_root, progress=cfg.progress)
+    same = cfg.train_dataset in (None, cfg.dataset)
+    train_ds = test_ds if same else load_dataset(cfg.train_dataset, root=cfg.train_data_root, progress=cfg.progress)
+    for t, ds in ((task, test_ds), (train_task, train_ds)):
+        check = getattr(t, "check_dataset", None)
+        if check is not None:
+            check(ds)
+    test = test_ds.split("test")
+    if cfg.max_test:
+        test = test.take(_evenly(len(test), cfg.max_test))
+    if len(test) == 0:
+        raise CkmError(f"dataset '{cfg.dataset}' has an empty test split: check the dataset folder")
+    train = train_ds.split("train") if "train" in train_ds.splits else None
+    val = train_ds.split("val") if "val" in train_ds.splits else None
+    if train is None and getattr(spec, "kind", "baseline") != "baseline":
+        raise CkmError(
+            f"dataset '{train_ds.name}' has no train split to fit '{spec.name}': pass --train-dataset (e.g. city)"
+        )
+    return Prepared(spec, task, train_task, test, train, val, hparams, device)
+
+
+def _uint8(x: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
+
+
+def _peak_memory_context(device):
+    try:
+        from .metrics.cost import PeakMemory
+
+        return PeakMemory(device)
+    except ImportError:  # pragma: no cover - metrics package always ships PeakMemory
+        import contextlib
+
+        return contextlib.nullcontext(None)
+
+
+def predict_all(method: Method, task, test, ctx: RunContext, batch_size: int, deadline: float | None):
+    """Predictions, targets and regions for the whole test split, batch by batch."""
+    preds, targets, regions, observations = [], [], {}, []
+    data = TaskData(test, task, ctx.seed)
+    for obs, target, reg in data.batches(batch_size):
+        if deadline is not None and time.monotonic() > deadline:
+            raise RunTimeout("time budget exceeded during prediction")
+        with torch.no_grad():
+            out = method.predict(obs.to(ctx.device), ctx)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(target.shape):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"method '{method.name}' returned {got}, expected a tensor of shape {tuple(target.shape)}")
+        preds.append(out.detach().float().cpu())
+        targets.append(target)
+        observations.append(obs.y if obs.y is not None else None)
+        for k, v in reg.items():
+            regions.setdefault(k, []).append(v)
+    pred = torch.cat(preds)
+    return (
+        pred,
+        torch.cat(targets),
+        {k: torch.cat(v) for k, v in regions.items()},
+        observations,
+    )
+
+
+def _save_examples(store_file: Path, record_id: str, test, pred, target, observations, k: int) -> str | None:
+    if k <= 0:
+        return None
+    idx = _evenly(len(test), k)
+    payload = {
+        "keys": np.array([test[int(i)].key for i in idx]),
+        "truth": _uint8(target[idx, 0].numpy()),
+        "prediction": _uint8(pred[idx, 0].numpy()),
+    }
+    if observations and all(o is not None for o in observations):
+        obs = torch.cat(observations)[idx, 0].numpy()
+        payload["observation"] = _uint8(obs)
+    rel = Path("examples") / f"{record_id}.npz"
+    import io
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **payload)
+    atomic_write_bytes(store_file.parent / rel, buf.getvalue())
+    return rel.as_posix()
+
+
+def _clean(values: dict) -> dict:
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, (float, np.floating)):
+            v = float(v)
+            out[k] = v if np.isfinite(v) else None
+        elif isinstance(v, (np.integer,)):
+            out[k] = int(v)
+        else:
+            out[k] = v
+    return out
+
+
+def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
+    """Fit, predict, score and store one run; returns the stored record."""
+    reg = reg or default_registry()
+    prep = prepare(cfg, reg)
+    spec = prep.spec
+    dist, version = reg.distribution_of("methods", spec.name)
+    record_id = uuid.uuid4().hex
+    train_name = cfg.train_dataset or cfg.dataset
+    train_hash = prep.train.content_hash if prep.train is not None else ""
+    config = {
+        "method": spec.name, "task": cfg.task, "dataset": cfg.dataset, "dataset_hash": prep.test.content_hash,
+        "train_dataset": train_name, "train_dataset_hash": train_hash, "profile": cfg.profile,
+        "hparams": prep.hparams, "seed": cfg.seed, "max_test": cfg.max_test,
+    }
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    run_dir = Path(cfg.runs_dir) / f"{stamp}-{spec.name}-{cfg.task}-{cfg.dataset}-{record_id[:8]}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        "record_id": record_id, "status": "done", "message": "", "method": spec.name,
+        "method_distribution": dist, "method_version": version, "task": cfg.task, "dataset": cfg.dataset,
+        "dataset_hash": prep.test.content_hash, "train_dataset": train_name, "train_dataset_hash": train_hash,
+        "profile": cfg.profile, "seed": cfg.seed, "n_test": len(prep.test), "map_size": list(prep.test.shape),
+        "metrics": {}, "metric_notes": {}, "cost": {}, "hparams": prep.hparams,
+        "config_hash": config_hash({**config, "protocol_version": base_provenance(prep.device)["protocol_version"]}),
+        **base_provenance(prep.device), "run_dir": str(run_dir), "examples": None,
+    }
+    atomic_write_text(run_dir / "config.json", json.dumps({**asdict(cfg), **config}, indent=1, sort_keys=True, default=str))
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % (2**32))
+    ctx = RunContext(device=prep.device, seed=cfg.seed, profile=cfg.profile, hparams=prep.hparams, run_dir=run_dir,
+                     time_budget_s=cfg.time_budget_s, progress=cfg.progress)
+    deadline = time.monotonic() + cfg.time_budget_s if cfg.time_budget_s else None
+    store_file = store_path(cfg.store)
+    try:
+        method = spec.factory(cfg.profile, prep.hparams)
+        empty = prep.test.take([])
+        train = TaskData(prep.train if prep.train is not None else empty, prep.train_task, cfg.seed)
+        val = TaskData(prep.val if prep.val is not None else empty, prep.train_task, cfg.seed)
+        with _peak_memory_context(prep.device) as peak:
+            t0 = time.perf_counter()
+            if cfg.checkpoint:
+                method.load_state_dict(torch.load(cfg.checkpoint, map_location=prep.device, weights_only=True))
+            else:
+                method.fit(train, val, prep.train_task, ctx)
+            train_s = time.perf_counter() - t0
+            if deadline is not None and time.monotonic() > deadline:
+                raise RunTimeout(f"time budget of {cfg.time_budget_s:.0f} s exceeded during fit")
+            state = method.state_dict()
+            if state:
+                import io
+
+                buf = io.BytesIO()
+                torch.save(state, buf)
+                atomic_write_bytes(run_dir / "checkpoint.pt", buf.getvalue())
+            t1 = time.perf_counter()
+            pred, target, regions, observations = predict_all(method, prep.task, prep.test, ctx, cfg.batch_size, deadline)
+            infer_s = time.perf_counter() - t1
+        pred = pred.clamp(0, 1)
+        from .metrics.evaluate import evaluate
+
+        gain_range = torch.from_numpy(prep.test.gain_range.astype(np.float32))
+        result = evaluate(pred, target, gain_range, regions)
+        record["metrics"] = _clean(result.summary)
+        record["metric_notes"] = _clean(result.notes)
+        record["cost"] = _clean({
+            "params": int(method.num_parameters()),
+            "train_s": train_s,
+            "infer_s_per_map": infer_s / len(prep.test),
+            "sampling_steps": method.sampling_steps(),
+            "peak_mem_mb": getattr(peak, "peak_mb", None) if peak is not None else None,
+        })
+        record["examples"] = _save_examples(store_file, record_id, prep.test, pred, target, observations, cfg.examples)
+        _write_run_outputs(run_dir, result, prep.test, record, store_file)
+    except RunTimeout as exc:
+        record.update(status="timeout", message=str(exc))
+    except CkmError as exc:
+        record.update(status="error", message=str(exc))
+    except Exception as exc:  # recorded, never fatal to a sweep
+        log.debug("run failed", exc_info=True)
+        record.update(status="error", message=f"{type(exc).__name__}: {exc}")
+        atomic_write_text(run_dir / "error.txt", traceback.format_exc())
+    atomic_write_text(run_dir / "record.json", json.dumps(record, indent=1, sort_keys=True))
+    append_record(record, store_file)
+    return record
+
+
+def _write_run_outputs(run_dir: Path, result, test, record: dict, store_file: Path) -> None:
+    """metrics.json, per-sample CSV and the example figure in the run folder."""
+    import pandas as pd
+
+    atomic_write_text(run_dir / "metrics.json", json.dumps(
+        {"metrics": record["metrics"], "notes": record["metric_notes"], "cost": record["cost"]}, indent=1, sort_keys=True))
+    table = pd.DataFrame({k: np.asarray(v) for k, v in result.per_sample.items() if np.ndim(v) == 1 and len(v) == len(test)})
+    table.insert(0, "sample", [f"{s}/{t}" for s, t in zip(test.scene, test.tx_index)])
+    atomic_write_text(run_dir / "per_sample.csv", table.to_csv(index=False))
+    if record.get("examples"):
+        try:
+            from .figures import example_grid
+
+            title = f"{record['method']} on {record['task']} ({record['dataset']})"
+            example_grid(run_dir / "examples.png", store_file.parent / record["examples"], title)
+        except Exception as exc:  # a figure must never fail a run
+            log.warning("could not draw the example figure: %s", exc)

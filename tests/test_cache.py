@@ -1,0 +1,62 @@
+"""Dataset cache: round trip, corruption detected and rebuilt, shards merge to the full set."""
+
+import numpy as np
+
+from ckmbench.data import cache
+from ckmbench.data.sample import MapDataset, scene_splits
+
+
+def toy(n_scenes=4, tx=2, size=8, offset=0.0):
+    n = n_scenes * tx
+    rng = np.random.default_rng(0)
+    scenes = np.array([f"s{i // tx:03d}" for i in range(n)])
+    return MapDataset(name="toy", gain_db=(rng.uniform(-140, -50, (n, size, size)) + offset).astype(np.float32),
+                      buildings=rng.random((n, size, size)) < 0.2, cars=np.zeros((n, size, size), bool),
+                      tx=np.zeros((n, 3), np.float32), gain_range=np.tile([-147.0, -47.0], (n, 1)).astype(np.float32),
+                      scene=scenes, tx_index=np.arange(n) % tx, pixel_m=1.0,
+                      splits=scene_splits(sorted(set(scenes.tolist()))))
+
+
+def test_round_trip_keeps_content_hash(tmp_path, monkeypatch):
+    monkeypatch.setenv("CKMBENCH_DATA", str(tmp_path))
+    calls = []
+    ds = cache.cached("toy", {"a": 1}, lambda: calls.append(1) or toy())
+    again = cache.cached("toy", {"a": 1}, lambda: calls.append(1) or toy())
+    assert calls == [1]
+    assert again.content_hash == ds.content_hash
+    np.testing.assert_array_equal(again.gain_db, ds.gain_db)
+    assert again.splits == ds.splits
+
+
+def test_corrupt_entry_is_rebuilt_not_used(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("CKMBENCH_DATA", str(tmp_path))
+    cache.cached("toy", {"a": 2}, toy)
+    folder = cache.entry_dir("toy", {"a": 2})
+    blob = bytearray((folder / "arrays.npz").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (folder / "arrays.npz").write_bytes(bytes(blob))
+    calls = []
+    ds = cache.cached("toy", {"a": 2}, lambda: calls.append(1) or toy(offset=1.0))
+    assert calls == [1]
+    assert "invalid" in caplog.text
+    assert cache.load_entry(folder).content_hash == ds.content_hash
+
+
+def test_half_written_entry_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("CKMBENCH_DATA", str(tmp_path))
+    folder = cache.entry_dir("toy", {"a": 3})
+    folder.mkdir(parents=True)
+    (folder / "arrays.npz").write_bytes(b"partial")
+    calls = []
+    cache.cached("toy", {"a": 3}, lambda: calls.append(1) or toy())
+    assert calls == [1]
+
+
+def test_merge_of_shards_equals_full():
+    full = toy(n_scenes=6)
+    parts = [full.take(np.flatnonzero(np.isin(full.scene, [f"s{k:03d}" for k in range(i, 6, 3)]))) for i in range(3)]
+    for p in parts:
+        p.splits = {k: [s for s in v if s in set(p.scene.tolist())] for k, v in full.splits.items()}
+    merged = cache.merge_datasets("toy", parts)
+    assert merged.content_hash == full.content_hash
+    assert {k: sorted(v) for k, v in merged.splits.items()} == {k: sorted(v) for k, v in full.splits.items()}
