@@ -158,7 +158,7 @@ class MapDataset(Sequence[Sample]):
         for arr in (self.gain_db, self.buildings, self.cars, self.tx, self.gain_range, self.tx_index):
             a = np.ascontiguousarray(arr)
             h.update(str(a.dtype).encode() + str(a.shape).encode())
-            h.update(a.tobytes())
+            h.update(a.reshape(-1).view(np.uint8))
         h.update("\n".join(map(str, self.scene)).encode())
         h.update(repr(float(self.pixel_m)).encode())
         return h.hexdigest()
