@@ -1,0 +1,251 @@
+"""Leaderboards from synthetic, schema-complete result records."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ckmbench import leaderboard
+from ckmbench.errors import CkmError
+from ckmbench.leaderboard import REPORTED_HEADING, build_leaderboards, format_count, format_sig
+from ckmbench.results import RECORD_KEYS
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+REPORTED_CSV = """paper,dataset_id,task_id,method,metric,value,dataset,task,note
+Paper A (Doe et al.),city,sr4,cdiff,psnr,31.15,city 256,sr4 (64->256),
+Paper A (Doe et al.),city,sr4,cdiff,mse_pixel,0.0011,city 256,sr4 (64->256),
+Paper A (Doe et al.),city,sr4,bilinear,psnr,27.24,city 256,sr4 (64->256),
+Paper B (Roe et al.),other,inpaint,knn,fid,394.16,other 256,inpaint,RTX 5090
+"""
+
+
+def make_record(method="bilinear", *, dataset="city", task="sr4", seed=0, status="done",
+                metrics=None, notes=None, date="2026-11-20T10:00:00+00:00", train_dataset=None,
+                profile="tiny", examples=None, message="", n_test=8, cost=None) -> dict:
+    """A record with every schema key (ckmbench.results.RECORD_KEYS) filled in."""
+    record = {
+        "record_id": hashlib.md5(repr((method, dataset, task, seed, date, status, profile,
+                                       train_dataset)).encode()).hexdigest(),
+        "status": status, "message": message, "method": method,
+        "method_distribution": "ckmbench", "method_version": "0.1.0", "task": task,
+        "dataset": dataset, "dataset_hash": "d" * 64, "train_dataset": train_dataset or dataset,
+        "train_dataset_hash": "e" * 64, "profile": profile, "seed": seed, "n_test": n_test,
+        "map_size": [32, 32],
+        "metrics": ({"mse": 0.01, "psnr": 20.0, "ssim": 0.5} if metrics is None else metrics)
+        if status == "done" else {},
+        "metric_notes": notes or {},
+        "cost": cost or {"params": 0, "train_s": 0.0, "infer_s_per_map": 0.001, "sampling_steps": None,
+                         "peak_mem_mb": None},
+        "hparams": {}, "config_hash": "c" * 64, "ckmbench_version": "0.1.0",
+        "protocol_version": "1.0", "git_commit": "0123456789abcdef", "git_dirty": True,
+        "torch_version": "2.14.1", "device": "cpu (x86_64, 2 cores)", "date": date,
+        "run_dir": None, "examples": examples,
+    }
+    assert set(record) == set(RECORD_KEYS)
+    return record
+
+
+def write_examples(store_dir: Path, name: str, value: int, observation=True) -> str:
+    keys = np.array(["city/s0/t0", "city/s1/t2"])
+    arrays = {"keys": keys, "truth": np.full((2, 32, 32), 200, np.uint8),
+              "prediction": np.full((2, 32, 32), value, np.uint8)}
+    if observation:
+        arrays["observation"] = np.full((2, 8, 8), 100, np.uint8)
+    rel = f"examples/{name}.npz"
+    (store_dir / "examples").mkdir(parents=True, exist_ok=True)
+    np.savez(store_dir / rel, **arrays)
+    return rel
+
+
+@pytest.fixture
+def reported(tmp_path) -> Path:
+    path = tmp_path / "reported.csv"
+    path.write_text(REPORTED_CSV)
+    return path
+
+
+@pytest.fixture
+def records(tmp_path) -> list[dict]:
+    store = tmp_path / "store"
+    return [
+        # two seeds of bilinear; seed 0 has an older superseded record
+        make_record("bilinear", seed=0, date="2026-11-19T09:00:00+00:00",
+                    metrics={"mse": 0.9, "psnr": 1.0, "ssim": 0.1}),
+        make_record("bilinear", seed=0, metrics={"mse": 0.010, "psnr": 20.0, "ssim": 0.60},
+                    examples=write_examples(store, "bilinear", 150)),
+        make_record("bilinear", seed=1, metrics={"mse": 0.020, "psnr": 18.0, "ssim": 0.40}),
+        make_record("nearest", metrics={"mse": 0.030, "psnr": 15.0, "ssim": 0.70, "fid": None},
+                    notes={"fid": "unavailable: no Inception weights found"},
+                    examples=write_examples(store, "nearest", 90, observation=False)),
+        make_record("cdiff", metrics={"mse": 0.005, "psnr": 25.0, "ssim": 0.65, "fid": 123.456,
+                                      "mse@outdoor": 0.007},
+                    notes={"fid_n": 240, "fid_weights": "/w/default_1.pt", "fid_weights_sha256": "7ff4a85c3a6378f0"},
+                    cost={"params": 221_210_000, "train_s": 12.5,
+                                                "infer_s_per_map": 0.25, "sampling_steps": 50}),
+        make_record("bilinear", train_dataset="town", metrics={"mse": 0.040, "psnr": 14.0, "ssim": 0.30}),
+        make_record("kriging", seed=3, status="timeout", message="ran past the 600 s budget"),
+        make_record("idw", dataset="town", task="inpaint", status="error", message="boom |\nsecond line"),
+    ]
+
+
+def _build(records, tmp_path, reported, out="lb"):
+    return build_leaderboards(records, tmp_path / out, tmp_path / "store", reported_csv=reported)
+
+
+def _table_rows(text: str, first_header: str) -> list[list[str]]:
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header}"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return [rows[0]] + rows[2:]
+
+
+def test_table_content(records, tmp_path, reported):
+    _build(records, tmp_path, reported)
+    text = (tmp_path / "lb" / "city" / "sr4.md").read_text()
+    header, *rows = _table_rows(text, "method")
+    assert header[:4] == ["method", "profile", "N", "seeds"]
+    assert "psnr ↑" in header and "ssim ↑" in header and "mse ↓" in header and "fid ↓" in header
+    assert "mse@outdoor ↓" in header and "params" in header and "sampling_steps" in header
+    assert "nmse ↓" not in header and "mse@hole ↓" not in header  # no values -> no column
+    by_label = {r[0]: dict(zip(header, r)) for r in rows}
+    assert set(by_label) == {"cdiff", "bilinear", "nearest", "bilinear (trained on town)"}
+    # ranked on mse (first metric column): best first
+    assert [r[0] for r in rows] == ["cdiff", "bilinear", "nearest", "bilinear (trained on town)"]
+    bil = by_label["bilinear"]
+    assert bil["seeds"] == "2" and bil["N"] == "8" and bil["profile"] == "tiny"
+    assert bil["mse ↓"] == "0.01500" and bil["psnr ↑"] == "19.00"  # mean of seeds, old record dropped
+    assert by_label["cdiff"]["mse ↓"] == "**0.005000**"
+    assert by_label["cdiff"]["psnr ↑"] == "**25.00**"
+    assert by_label["nearest"]["ssim ↑"] == "**0.7000**"  # higher is better
+    assert by_label["cdiff"]["fid ↓"] == "**123.5** (N=240)"
+    assert by_label["nearest"]["fid ↓"] == "n/a"
+    assert by_label["cdiff"]["params"] == "221.2M"
+    assert "fid n/a for nearest [tiny]: unavailable: no Inception weights found" in text
+    # failures in the notes with their message; provenance footer
+    assert re.search(r"kriging \[tiny\], seed 3: \*\*timeout\*\* .*ran past the 600 s budget", text)
+    assert "FID weights: default_1.pt (sha256 7ff4a85c3a63)" in text
+    assert "0123456789 (dirty)" in text and "torch: 2.14.1" in text and "dddddddddddd" in text
+    assert records[1]["record_id"][:8] in text and records[0]["record_id"][:8] not in text
+
+
+def test_reported_rows_are_separate(records, tmp_path, reported):
+    _build(records, tmp_path, reported)
+    text = (tmp_path / "lb" / "city" / "sr4.md").read_text()
+    reproduced, reported_part = text.split(f"## {REPORTED_HEADING}")
+    assert "Paper A" not in reproduced and "27.24" not in reproduced
+    header, *rows = _table_rows(reported_part, "paper")
+    assert header[:2] == ["paper", "method"] and "mse ↓" in header  # mse_pixel is mse
+    assert dict(zip(header, rows[0])) == {"paper": "Paper A (Doe et al.)", "method": "cdiff",
+                                          "mse ↓": "0.0011", "psnr ↑": "31.15"}
+    assert dict(zip(header, rows[1])) == {"paper": "Paper A (Doe et al.)", "method": "bilinear",
+                                          "mse ↓": "", "psnr ↑": "27.24"}
+    assert not any("**" in cell for row in rows for cell in row)  # never part of the best choice
+    # reported 31.15 dB beats every reproduced psnr but the reproduced best is still cdiff's 25.00
+    assert "**25.00**" in reproduced
+    # a reported-only (dataset, task) still gets a table, with its figure
+    other = (tmp_path / "lb" / "other" / "inpaint.md").read_text()
+    assert "No reproduced results yet." in other and "394.16" in other and "RTX 5090" in other
+    assert (tmp_path / "lb" / "other" / "inpaint.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_index_and_failed_only_table(records, tmp_path, reported):
+    written = _build(records, tmp_path, reported)
+    index = (tmp_path / "lb" / "README.md").read_text()
+    header, *rows = _table_rows(index, "dataset")
+    by_table = {(r[0], r[1]): dict(zip(header, r)) for r in rows}
+    assert set(by_table) == {("city", "sr4"), ("other", "inpaint"), ("town", "inpaint")}
+    assert by_table[("city", "sr4")]["methods"] == "3" and by_table[("city", "sr4")]["N"] == "8"
+    assert "(city/sr4.md)" in by_table[("city", "sr4")]["table"]
+    town = (tmp_path / "lb" / "town" / "inpaint.md").read_text()
+    assert "**error**" in town and "boom / second line" in town
+    assert all(p.is_file() for p in written)
+
+
+def test_figures_are_png(records, tmp_path, reported):
+    _build(records, tmp_path, reported)
+    for name in ("sr4.png", "sr4_examples.png"):
+        data = (tmp_path / "lb" / "city" / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 1000
+    from PIL import Image
+    with Image.open(tmp_path / "lb" / "city" / "sr4_examples.png") as image:
+        image.verify()
+    text = (tmp_path / "lb" / "city" / "sr4.md").read_text()
+    assert "(sr4.png)" in text and "(sr4_examples.png)" in text
+    assert not (tmp_path / "lb" / "town" / "inpaint_examples.png").exists()
+
+
+def test_deterministic_and_order_independent(records, tmp_path, reported):
+    first = {p.relative_to(tmp_path / "a"): p.read_bytes() for p in _build(records, tmp_path, reported, "a")}
+    second = {p.relative_to(tmp_path / "b"): p.read_bytes()
+              for p in _build(list(reversed(records)), tmp_path, reported, "b")}
+    assert first == second
+
+
+def test_stale_files_removed(records, tmp_path, reported):
+    _build(records, tmp_path, reported)
+    keep = tmp_path / "lb" / "notes.txt"
+    keep.write_text("not ours")
+    _build([r for r in records if r["dataset"] != "town"], tmp_path, reported)
+    assert not (tmp_path / "lb" / "town").exists()
+    assert (tmp_path / "lb" / "city" / "sr4.md").exists() and keep.exists()
+
+
+def test_refuses_foreign_folder(records, tmp_path, reported):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "guide.md").write_text("# hand-written")
+    with pytest.raises(CkmError, match="did not generate"):
+        build_leaderboards(records, tmp_path / "docs", tmp_path / "store", reported_csv=reported)
+    assert (tmp_path / "docs" / "guide.md").exists()
+
+
+def test_bad_input_errors(records, tmp_path, reported):
+    broken = dict(records[0])
+    del broken["date"]
+    with pytest.raises(CkmError, match="lacks keys"):
+        _build([broken], tmp_path, reported)
+    with pytest.raises(CkmError, match="cannot be a file name"):
+        _build([make_record(dataset="../x")], tmp_path, reported)
+    with pytest.raises(CkmError, match="no file"):
+        build_leaderboards(records, tmp_path / "lb", tmp_path, reported_csv=tmp_path / "none.csv")
+    bad = tmp_path / "bad.csv"
+    bad.write_text(REPORTED_CSV.replace("31.15", "n.a."))
+    with pytest.raises(CkmError, match="line 2"):
+        build_leaderboards(records, tmp_path / "lb", tmp_path, reported_csv=bad)
+
+
+def test_default_reported_csv_builds(tmp_path, monkeypatch):
+    # 13 bar charts would dominate this file's run time; charts are covered above.
+    monkeypatch.setattr(leaderboard, "_bar_chart", lambda *args: PNG_MAGIC)
+    written = build_leaderboards([], tmp_path / "lb", tmp_path)
+    text = (tmp_path / "lb" / "radiomapseer-dpm" / "inpaint.md").read_text()
+    assert REPORTED_HEADING in text and "CKMDiff (Fu et al.)" in text and "ckmdiff" in text
+    assert len([p for p in written if p.suffix == ".md"]) == 14  # 13 reported pairs + index
+
+
+def test_number_formats():
+    assert format_sig(394.16) == "394.2" and format_sig(0.0118) == "0.01180"
+    assert format_sig(1.2e-5) == "1.200e-05" and format_sig(1234.5) == "1234" and format_sig(None) == ""
+    assert format_count(221_210_000) == "221.2M" and format_count(532) == "532"
+
+
+def test_superseded_failure_and_missing_examples(tmp_path, reported):
+    recs = [
+        make_record("idw", status="error", message="old crash", date="2026-11-19T09:00:00+00:00"),
+        make_record("idw", metrics={"mse": 0.02}, examples="examples/gone.npz"),
+        make_record("idw", seed=1, status="error", message="new crash", date="2026-11-21T09:00:00"),
+    ]
+    _build(recs, tmp_path, reported)
+    text = (tmp_path / "lb" / "city" / "sr4.md").read_text()
+    assert "old crash" not in text and "new crash" in text  # seed 0 was re-run successfully
+    assert "examples file missing for idw [tiny]: examples/gone.npz" in text
+    assert not (tmp_path / "lb" / "city" / "sr4_examples.png").exists()
+    header, *rows = _table_rows(text, "method")
+    assert [r[:4] for r in rows] == [["idw", "tiny", "8", "1"]]
