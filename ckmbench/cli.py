@@ -70,9 +70,11 @@ def cli(verbose: bool):
 @click.option("--time-budget", default=None, type=float, help="Seconds; a run past it is stored as timeout.")
 @click.option("--checkpoint", default=None, help="Load this checkpoint instead of fitting.")
 @click.option("--set", "sets", multiple=True, help="Hyper-parameter override key=value (repeatable).")
+@click.option("--fid/--no-fid", default=None,
+              help="Compute FID (default: only for inpaint, denoise, generate and the -noisy sr tasks).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def run(method, task, dataset, train_dataset, profile, seed, device, data_root, train_data_root, store, runs_dir,
-        max_test, time_budget, checkpoint, sets, no_progress):
+        max_test, time_budget, checkpoint, sets, fid, no_progress):
     """Fit METHOD on TASK, score it, print the metrics and store a record."""
     from .plugins import registry
     from .report import print_record
@@ -95,7 +97,7 @@ def run(method, task, dataset, train_dataset, profile, seed, device, data_root, 
         cfg = RunConfig(method=m, task=t, dataset=dataset, train_dataset=train_dataset, profile=profile, seed=seed,
                         device=device, data_root=data_root, train_data_root=train_data_root, store=store,
                         runs_dir=runs_dir, max_test=max_test, time_budget_s=time_budget, checkpoint=checkpoint,
-                        progress=not no_progress, hparams=_parse_sets(sets))
+                        progress=not no_progress, fid=fid, hparams=_parse_sets(sets))
         record = run_one(cfg, reg)
         print_record(record)
         failed += record["status"] != "done"

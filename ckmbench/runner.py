@@ -30,6 +30,15 @@ from .results import append_record, atomic_write_bytes, atomic_write_text, store
 log = logging.getLogger("ckmbench.run")
 
 
+# Tasks whose papers report FID (CKMDiff: inpainting, noisy SR, denoising, generation).
+# Inception-v3 features cost ~1 s per map on a 2-core CPU, so other tasks skip it unless asked.
+FID_TASKS = ("inpaint", "denoise", "generate", "sr2-noisy", "sr4-noisy", "sr8-noisy", "sr16-noisy")
+
+
+def wants_fid(cfg: "RunConfig") -> bool:
+    return cfg.fid if cfg.fid is not None else cfg.task in FID_TASKS
+
+
 class RunTimeout(Exception):
     """The run went past its time budget."""
 
@@ -55,6 +64,7 @@ class RunConfig:
     time_budget_s: float | None = None
     checkpoint: str | None = None
     progress: bool = True
+    fid: bool | None = None  # None: only for the tasks whose papers report FID (FID_TASKS)
     hparams: dict = field(default_factory=dict)
 
 
@@ -260,7 +270,7 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         from .metrics.evaluate import evaluate
 
         gain_range = torch.from_numpy(prep.test.gain_range.astype(np.float32))
-        result = evaluate(pred, target, gain_range, regions)
+        result = evaluate(pred, target, gain_range, regions, fid=wants_fid(cfg))
         record["metrics"] = _clean(result.summary)
         record["metric_notes"] = _clean(result.notes)
         record["cost"] = _clean({

@@ -60,10 +60,11 @@ class TaskSpec:
 class MetricSpec:
     """A metric.
 
-    ``kind`` is ``"per_sample"`` (``compute(pred, target, ctx) -> np.ndarray (B,)`` on
-    normalized maps, averaged over the test set), ``"aggregate"`` (``compute(per_sample_values
-    dict) -> float``, e.g. rmse from mse) or ``"distribution"`` (``compute(preds, targets,
-    ctx) -> dict`` over the whole test set, e.g. FID).
+    ``kind`` is ``"per_sample"`` (``compute(pred, target, gain_range, mask=None) -> Tensor (B,)``
+    on normalized maps, NaN = skip, averaged over the test set), ``"aggregate"``
+    (``compute(per_sample: dict) -> float | None``, inputs listed in ``compute.requires``,
+    e.g. rmse from mse), ``"distribution"`` (``compute(preds, targets) -> {"value": float |
+    None, "notes": dict}``, e.g. FID) or ``"cost"`` (``compute(cost: dict) -> value``).
     """
 
     name: str

@@ -1,0 +1,176 @@
+"""The evaluator the runner calls: every registered metric over a test set, in chunks.
+
+Per-sample metrics come from the plugin registry (built-ins and any third-party plugin),
+are computed over whole maps and over each scored region (``name@region``), then averaged
+over samples (NaN = sample skipped, and noted). Aggregates (rmse, rmse_gain_db) are built
+from those per-sample values; distribution metrics (FID) see the whole set at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import CkmError, unknown_name
+
+BUILTIN_DISTRIBUTION = "ckmbench"
+SCORED_KINDS = ("per_sample", "aggregate", "distribution")
+
+
+@dataclass
+class EvalResult:
+    """``summary``: metric -> mean value (None when not computable); ``per_sample``: metric ->
+    (N,) float64 values (NaN = skipped); ``notes``: fid provenance, skip counts, errors."""
+
+    summary: dict[str, float | None]
+    per_sample: dict[str, np.ndarray]
+    notes: dict = field(default_factory=dict)
+    n: int = 0
+
+
+def _as_maps(x, what: str) -> torch.Tensor:
+    t = torch.as_tensor(x)
+    if t.dim() != 4 or t.shape[1] != 1:
+        raise CkmError(f"evaluate: {what} has shape {tuple(t.shape)}: pass a (N,1,H,W) tensor of normalized maps")
+    return t
+
+
+def _validate(preds, targets, gain_range, regions):
+    preds = _as_maps(preds, "preds")
+    targets = _as_maps(targets, "targets").to(preds.device)
+    if preds.shape != targets.shape:
+        raise CkmError(f"evaluate: preds {tuple(preds.shape)} and targets {tuple(targets.shape)} differ: predict maps of the targets' size")
+    bad = int((~torch.isfinite(preds)).sum())
+    if bad:
+        raise CkmError(f"evaluate: predictions contain {bad} non-finite values: the method diverged; fix it before scoring")
+    gr = torch.as_tensor(gain_range, dtype=torch.float64).to(preds.device)
+    if gr.shape != (preds.shape[0], 2):
+        raise CkmError(f"evaluate: gain_range has shape {tuple(gr.shape)}, expected ({preds.shape[0]}, 2): pass (g_min, g_max) dB per map")
+    masks = {}
+    for name, m in (regions or {}).items():
+        m = torch.as_tensor(m)
+        if tuple(m.shape) != tuple(preds.shape):
+            raise CkmError(f"evaluate: region '{name}' has shape {tuple(m.shape)}, expected {tuple(preds.shape)}: pass a (N,1,H,W) bool mask")
+        masks[name] = m.to(device=preds.device, dtype=torch.bool)
+    return preds.clamp(0, 1), targets, gr, masks
+
+
+def _select(reg, metrics) -> dict[str, object]:
+    """The registered metrics to score (by name), plus the per-sample inputs aggregates need."""
+    specs = {name: s for name, s in reg.items["metrics"].items() if s.kind in SCORED_KINDS}
+    if metrics is None:
+        return specs
+    chosen = {}
+    for name in metrics:
+        base = name.split("@", 1)[0]
+        if base not in specs:
+            raise unknown_name("metric", base, sorted(specs))
+        chosen[base] = specs[base]
+    for spec in list(chosen.values()):
+        for need in getattr(spec.compute, "requires", ()):
+            if need in specs:
+                chosen.setdefault(need, specs[need])
+    return {n: s for n, s in specs.items() if n in chosen}  # keep registry order
+
+
+def _owner(reg, name: str) -> str:
+    info = reg.owner.get(("metrics", name))
+    return info.distribution if info is not None else "?"
+
+
+def _call_isolated(reg, name: str, notes: dict, fn, *args, **kwargs):
+    """Run a metric; a third-party metric's failure becomes a note, a built-in's propagates."""
+    if _owner(reg, name) == BUILTIN_DISTRIBUTION:
+        return fn(*args, **kwargs)
+    try:
+        return fn(*args, **kwargs)
+    except CkmError:
+        raise
+    except Exception as exc:  # isolate a broken plugin metric
+        notes[name] = f"error: {type(exc).__name__}: {exc}"
+        return None
+
+
+def _mean(values: np.ndarray, key: str, notes: dict) -> float | None:
+    finite = np.isfinite(values)
+    skipped = int(values.size - finite.sum())
+    if skipped:
+        notes[f"{key}_skipped"] = skipped
+    return float(values[finite].mean()) if finite.any() else None
+
+
+def evaluate(preds, targets, gain_range, regions=None, metrics=None, fid: bool = True,
+             chunk: int = 64, registry=None) -> EvalResult:
+    """Score predictions against targets with every registered metric (or only ``metrics``).
+
+    ``preds``/``targets``: (N,1,H,W) normalized maps (preds are clipped to [0,1] first);
+    ``gain_range``: (N,2) dB; ``regions``: {name: bool (N,1,H,W)} scored as ``metric@name``;
+    ``fid``: False skips distribution metrics; ``chunk``: maps per batch (bounds memory);
+    ``registry``: a ``ckmbench.plugins.Registry`` (default: the process-wide one).
+    """
+    if registry is None:
+        from ..plugins import registry as process_registry
+
+        registry = process_registry()
+    preds, targets, gr, masks = _validate(preds, targets, gain_range, regions)
+    n = int(preds.shape[0])
+    specs = _select(registry, metrics)
+    per_sample_specs = {k: s for k, s in specs.items() if s.kind == "per_sample"}
+    notes: dict = {}
+    variants: list[tuple[str, torch.Tensor | None]] = [("", None)] + [(f"@{k}", m) for k, m in masks.items()]
+
+    parts: dict[str, list[np.ndarray]] = {}
+    failed: set[str] = set()
+    step = max(1, int(chunk))
+    for start in range(0, n, step):
+        sl = slice(start, start + step)
+        p, t, g = preds[sl], targets[sl], gr[sl]
+        for name, spec in per_sample_specs.items():
+            if name in failed:
+                continue
+            for suffix, mask in variants:
+                m = None if mask is None else mask[sl]
+                out = _call_isolated(registry, name, notes, spec.compute, p, t, g, mask=m)
+                if out is None:
+                    failed.add(name)
+                    break
+                values = torch.as_tensor(out).detach().to("cpu", torch.float64).reshape(-1).numpy()
+                if values.shape[0] != p.shape[0]:
+                    notes[name] = f"error: returned {values.shape[0]} values for {p.shape[0]} maps"
+                    failed.add(name)
+                    break
+                parts.setdefault(name + suffix, []).append(values)
+    per_sample = {k: np.concatenate(v) for k, v in parts.items() if k.split("@", 1)[0] not in failed}
+
+    summary: dict[str, float | None] = {}
+    for suffix, _ in variants:
+        view = {k[: len(k) - len(suffix)] if suffix else k: v for k, v in per_sample.items()
+                if (k.endswith(suffix) if suffix else "@" not in k)}
+        for name, spec in specs.items():
+            key = name + suffix
+            if spec.kind == "per_sample":
+                if name in failed:
+                    summary[key] = None
+                elif name in view:
+                    summary[key] = _mean(view[name], key, notes)
+            elif spec.kind == "aggregate":
+                if not all(r in view for r in getattr(spec.compute, "requires", ())):
+                    continue
+                value = _call_isolated(registry, name, notes, spec.compute, view)
+                summary[key] = None if value is None or not np.isfinite(value) else float(value)
+
+    for name, spec in specs.items():
+        if spec.kind != "distribution":
+            continue
+        if not fid:
+            continue
+        out = _call_isolated(registry, name, notes, spec.compute, preds, targets)
+        if out is None:
+            summary[name] = None
+            continue
+        value = out.get("value")
+        summary[name] = None if value is None or not np.isfinite(value) else float(value)
+        notes.update(out.get("notes", {}))
+    return EvalResult(summary, per_sample, notes, n)
