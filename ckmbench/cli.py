@@ -116,13 +116,14 @@ def run(method, task, dataset, train_dataset, profile, seed, device, data_root, 
 @click.option("--data-root", default=None)
 @click.option("--store", default=None)
 @click.option("--record/--no-record", default=True, show_default=True, help="Append a record to the store.")
-def evaluate(task, dataset, predictions, name, npy_unit, data_root, store, record):
+@click.option("--fid/--no-fid", default=None, help="Compute FID (default: as for `ckmbench run`).")
+def evaluate(task, dataset, predictions, name, npy_unit, data_root, store, record, fid):
     """Score predictions made outside ckmbench under the same protocol."""
     from .external import evaluate_predictions
     from .report import print_record
 
     rec = evaluate_predictions(task=task, dataset=dataset, predictions=Path(predictions), name=name,
-                               npy_unit=npy_unit, data_root=data_root, store=store, record=record)
+                               npy_unit=npy_unit, data_root=data_root, store=store, record=record, fid=fid)
     print_record(rec)
 
 

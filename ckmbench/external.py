@@ -19,7 +19,7 @@ from .errors import CkmError
 from .plugins import registry
 from .provenance import base_provenance, config_hash
 from .results import append_record, store_path
-from .runner import _clean, _save_examples
+from .runner import FID_TASKS, _clean, _save_examples
 
 
 def _read_prediction(path: Path, shape, gain_range, npy_unit: str) -> np.ndarray:
@@ -41,7 +41,7 @@ def _read_prediction(path: Path, shape, gain_range, npy_unit: str) -> np.ndarray
 
 
 def evaluate_predictions(task: str, dataset: str, predictions: Path, name: str = "external", npy_unit: str = "u",
-                         data_root=None, store=None, record: bool = True, seed: int = 0) -> dict:
+                         data_root=None, store=None, record: bool = True, seed: int = 0, fid: bool | None = None) -> dict:
     """Score a folder of predictions on the test split of (task, dataset); returns the record."""
     from .metrics.evaluate import evaluate
 
@@ -69,7 +69,8 @@ def evaluate_predictions(task: str, dataset: str, predictions: Path, name: str =
     pred = torch.from_numpy(np.stack(preds))[:, None].clamp(0, 1)
     target = torch.cat(targets)
     regions_t = {k: torch.cat(v) for k, v in regions.items()}
-    result = evaluate(pred, target, torch.from_numpy(test.gain_range.astype(np.float32)), regions_t)
+    use_fid = fid if fid is not None else task in FID_TASKS
+    result = evaluate(pred, target, torch.from_numpy(test.gain_range.astype(np.float32)), regions_t, fid=use_fid)
     record_id = uuid.uuid4().hex
     store_file = store_path(store)
     rec = {

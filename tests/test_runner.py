@@ -1,0 +1,173 @@
+"""The runner end to end on the tiny built-in city data: records, failures, transfer, checkpoints."""
+
+import json
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ckmbench.errors import CkmError
+from ckmbench.hookspecs import hookimpl
+from ckmbench.method import Method
+from ckmbench.plugins import load_registry
+from ckmbench.results import read_records
+from ckmbench.runner import RunConfig, run
+from ckmbench.specs import MethodSpec
+
+
+def cfg(tmp_path, **kw):
+    base = dict(method="bilinear", task="sr4", dataset="city-tiny", profile="tiny", store=str(tmp_path / "r.jsonl"),
+                runs_dir=str(tmp_path / "runs"), progress=False)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+class Broken(Method):
+    name = "broken"
+
+    def predict(self, obs, ctx):
+        raise RuntimeError("predict exploded")
+
+
+class WrongShape(Method):
+    name = "wrongshape"
+
+    def predict(self, obs, ctx):
+        return torch.zeros(len(obs), 1, 3, 3)
+
+
+class Slow(Method):
+    name = "slow"
+
+    def fit(self, train, val, task, ctx):
+        import time
+
+        time.sleep(0.3)
+
+    def predict(self, obs, ctx):
+        return torch.zeros(len(obs), 1, *obs.out_shape)
+
+
+class MeanLearner(Method):
+    """Learns the mean training map: a learned method with a real state to checkpoint."""
+
+    name = "meanlearner"
+
+    def fit(self, train, val, task, ctx):
+        total, count = None, 0
+        for _, target, _ in train.batches(8):
+            s = target.sum(0)
+            total = s if total is None else total + s
+            count += len(target)
+        self.mean = total / count
+
+    def predict(self, obs, ctx):
+        return self.mean.expand(len(obs), *self.mean.shape).clone()
+
+    def state_dict(self):
+        return {"mean": self.mean}
+
+    def load_state_dict(self, state):
+        self.mean = state["mean"]
+
+
+def toy_registry():
+    mod = types.ModuleType("toy_methods")
+
+    def register_methods(register):
+        for cls in (Broken, WrongShape, Slow):
+            register(MethodSpec(name=cls.name, factory=lambda p, h, cls=cls: cls(p, h), tasks=("sr4",)))
+        register(MethodSpec(name="meanlearner", factory=lambda p, h: MeanLearner(p, h), tasks=("sr4",), kind="learned"))
+
+    mod.ckmbench_register_methods = hookimpl(register_methods)
+    return load_registry(extra_plugins=(mod,))
+
+
+def test_bilinear_sr4_end_to_end(tmp_path):
+    rec = run(cfg(tmp_path))
+    assert rec["status"] == "done", rec["message"]
+    m = rec["metrics"]
+    for key in ("mse", "rmse", "nmse", "mse_gain", "rmse_gain_db", "psnr", "ssim", "mse@outdoor", "ssim@outdoor"):
+        assert m[key] is not None and np.isfinite(m[key]), key
+    assert 0 < m["mse"] < 0.05 and m["psnr"] > 13
+    assert m["rmse"] == pytest.approx(np.sqrt(m["mse"]), rel=1e-6)  # rmse = sqrt(mean over samples of mse)
+    assert rec["n_test"] > 0 and rec["map_size"] == [32, 32]
+    assert rec["cost"]["params"] == 0 and rec["cost"]["infer_s_per_map"] > 0
+    assert len(rec["dataset_hash"]) == 64 and rec["protocol_version"]
+    stored = read_records(tmp_path / "r.jsonl")
+    assert [r["record_id"] for r in stored] == [rec["record_id"]]
+    run_dir = Path(rec["run_dir"])
+    for name in ("config.json", "metrics.json", "per_sample.csv", "record.json", "examples.png"):
+        assert (run_dir / name).exists(), name
+    with np.load(tmp_path / rec["examples"]) as z:
+        assert z["truth"].dtype == np.uint8 and z["prediction"].shape == z["truth"].shape
+        assert z["observation"].shape[1] == 8  # 32 / 4
+
+
+def test_same_run_twice_gives_identical_metrics(tmp_path):
+    a = run(cfg(tmp_path, task="inpaint", method="idw", fid=False))
+    b = run(cfg(tmp_path, task="inpaint", method="idw", fid=False))
+    assert a["metrics"] == b["metrics"]
+    assert a["config_hash"] == b["config_hash"]
+
+
+def test_unsupported_task_lists_supported(tmp_path):
+    with pytest.raises(CkmError, match=r"does not support task 'envgen-static': it supports .*sr4"):
+        run(cfg(tmp_path, task="envgen-static"))
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_unknown_names_and_profile(tmp_path):
+    with pytest.raises(CkmError, match="unknown method 'bilinera'.*bilinear"):
+        run(cfg(tmp_path, method="bilinera"))
+    with pytest.raises(CkmError, match="unknown task"):
+        run(cfg(tmp_path, task="sr5"))
+    with pytest.raises(CkmError, match="no profile"):
+        run(cfg(tmp_path, profile="huge"))
+
+
+def test_failures_are_recorded_and_do_not_stop_a_sweep(tmp_path):
+    reg = toy_registry()
+    broken = run(cfg(tmp_path, method="broken"), reg)
+    shape = run(cfg(tmp_path, method="wrongshape"), reg)
+    slow = run(cfg(tmp_path, method="slow", time_budget_s=0.05), reg)
+    ok = run(cfg(tmp_path, method="bilinear"), reg)
+    assert broken["status"] == "error" and "predict exploded" in broken["message"]
+    assert shape["status"] == "error" and "expected a tensor of shape" in shape["message"]
+    assert slow["status"] == "timeout"
+    assert ok["status"] == "done"
+    statuses = [r["status"] for r in read_records(tmp_path / "r.jsonl")]
+    assert statuses == ["error", "error", "timeout", "done"]
+    assert (Path(broken["run_dir"]) / "error.txt").read_text().count("predict exploded")
+
+
+def test_checkpoint_round_trip_with_weights_only(tmp_path):
+    reg = toy_registry()
+    first = run(cfg(tmp_path, method="meanlearner"), reg)
+    ckpt = Path(first["run_dir"]) / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=True)
+    assert set(state) == {"mean"}
+    second = run(cfg(tmp_path, method="meanlearner", checkpoint=str(ckpt)), reg)
+    assert second["status"] == "done"
+    assert second["metrics"]["mse"] == pytest.approx(first["metrics"]["mse"])
+
+
+def test_transfer_from_simulator_to_real_map0(tmp_path):
+    rec = run(cfg(tmp_path, method="bilinear", dataset="radiomapseer-map0", train_dataset="city-tiny"))
+    assert rec["status"] == "done", rec["message"]
+    assert rec["train_dataset"] == "city-tiny" and rec["dataset"] == "radiomapseer-map0"
+    assert rec["n_test"] == 5 and rec["map_size"] == [256, 256]
+    assert rec["train_dataset_hash"] != rec["dataset_hash"]
+
+
+def test_learned_method_needs_a_train_split(tmp_path):
+    with pytest.raises(CkmError, match="no train split.*--train-dataset"):
+        run(cfg(tmp_path, method="meanlearner", dataset="radiomapseer-map0"), toy_registry())
+
+
+def test_config_is_written_before_the_run(tmp_path):
+    rec = run(cfg(tmp_path, max_test=3))
+    config = json.loads((Path(rec["run_dir"]) / "config.json").read_text())
+    assert config["max_test"] == 3 and rec["n_test"] == 3
