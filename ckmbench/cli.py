@@ -246,6 +246,17 @@ def simulate(buildings, tx, out, pixel_m, tx_height, cars, frequency_ghz):
     click.echo(f"wrote {path} ({gain.shape[0]}x{gain.shape[1]}, {gain.min():.1f} .. {gain.max():.1f} dB) and {png}")
 
 
+@data.command()
+@click.option("--fit", is_flag=True, help="Refit the simulator's parameters on some transmitters, check on the rest.")
+@click.option("--figure", default=None, type=click.Path(), help="Write a real | simulated | error figure here.")
+def calibrate(fit, figure):
+    """Compare the built-in simulator with the real RadioMapSeer map-0 maps (outdoor RMSE in dB)."""
+    from .sim import calibrate as cal
+
+    args = (["--fit"] if fit else []) + (["--figure", figure] if figure else [])
+    cal.main(args)
+
+
 def main(argv=None):
     try:
         cli.main(args=argv, prog_name="ckmbench", standalone_mode=False)

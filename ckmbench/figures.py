@@ -50,12 +50,14 @@ def sample_figure(samples, out: Path, columns: int = 4) -> Path:
         ax.axis("off")
     for ax, s in zip(axes.ravel(), samples):
         ax.axis("on")
-        im = draw_gain(ax, s.gain_db, s.buildings, s.tx, s.gain_range,
-                       f"{s.dataset} {s.scene}/{s.tx_index} ({s.shape[0]}x{s.shape[1]}, {s.pixel_m:g} m/px)")
+        im = draw_gain(ax, s.gain_db, s.buildings, s.tx, s.gain_range, f"scene {s.scene}, Tx {s.tx_index}")
         if s.cars.any():
             ax.contour(s.cars, levels=[0.5], colors="orange", linewidths=0.6)
     if im is not None:
         fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="path gain [dB]")
+        s = samples[0]
+        fig.suptitle(f"{s.dataset}: {s.shape[0]}x{s.shape[1]} at {s.pixel_m:g} m/px "
+                     "(buildings grey, Tx red star, cars orange)", fontsize=9)
     return save_figure(fig, out)
 
 
