@@ -1,0 +1,48 @@
+"""Classical (non-learned) baselines, registered through the "ckmbench" entry-point group."""
+
+from __future__ import annotations
+
+from ckmbench.hookspecs import hookimpl
+from ckmbench.specs import PROFILES, MethodSpec
+from ckmbench.tasks.builtin import SR_FACTORS, ZERO_SHOT_FACTORS
+
+from .methods import IDW, KNN, RBF, Bicubic, Bilinear, Distance, Kriging, Nearest, PathLoss, Simulator
+
+SR_TASKS = tuple(f"sr{f}" for f in SR_FACTORS)
+NOISY_SR_TASKS = tuple(f"sr{f}-noisy" for f in SR_FACTORS)
+ENVCF_SR_TASKS = tuple(f"sr{f}-envcf" for f in SR_FACTORS)
+ZERO_SHOT_TASKS = tuple(f"zeroshot-sr{f}" for f in ZERO_SHOT_FACTORS)
+ALL_SR_TASKS = SR_TASKS + NOISY_SR_TASKS + ENVCF_SR_TASKS + ZERO_SHOT_TASKS
+INTERPOLATION_TASKS = ALL_SR_TASKS + ("inpaint", "sparse")
+SMOOTHING_TASKS = INTERPOLATION_TASKS + ("denoise",)
+PATHLOSS_TASKS = SR_TASKS + NOISY_SR_TASKS + ZERO_SHOT_TASKS + ("inpaint", "sparse", "denoise")
+ENVGEN_TASKS = ("envgen-static", "envgen-dynamic")
+
+# (class, supported tasks, description)
+BASELINES = (
+    (Nearest, INTERPOLATION_TASKS, "nearest measurement (grid replication for sr, nearest sample otherwise)"),
+    (Bilinear, INTERPOLATION_TASKS, "bilinear grid interpolation for sr; Delaunay-linear for scattered data"),
+    (Bicubic, INTERPOLATION_TASKS, "bicubic (Keys) grid interpolation for sr; Clough-Tocher for scattered data"),
+    (IDW, SMOOTHING_TASKS, "inverse distance weighting, power 2, k nearest measurements"),
+    (KNN, SMOOTHING_TASKS, "mean of the k nearest measurements"),
+    (RBF, SMOOTHING_TASKS, "thin-plate-spline radial basis functions (scipy), local for dense data"),
+    (Kriging, SMOOTHING_TASKS, "ordinary kriging, PyKrige-fitted exponential variogram, local neighbourhoods"),
+    (PathLoss, PATHLOSS_TASKS, "least-squares log-distance path-loss fit to the measurements"),
+    (Distance, ENVGEN_TASKS, "free-space log-distance law from the Tx (fixed exponent), buildings at 0"),
+    (Simulator, ENVGEN_TASKS, "the built-in dominant-path simulator on the given layout"),
+)
+
+
+def baseline_specs() -> list[MethodSpec]:
+    """One MethodSpec per classical baseline; every profile uses the same hyper-parameters."""
+    return [
+        MethodSpec(name=cls.name, factory=cls, tasks=tasks, profiles={p: dict(cls.defaults) for p in PROFILES},
+                   description=text, kind="baseline")
+        for cls, tasks, text in BASELINES
+    ]
+
+
+@hookimpl
+def ckmbench_register_methods(register):
+    for spec in baseline_specs():
+        register(spec)
