@@ -306,8 +306,33 @@ class FidScorer:
         n_real, n_fake = int(targets.shape[0]), int(preds.shape[0])
         if n_real < 2 or n_fake < 2:
             raise FidUnavailable(f"FID needs at least 2 maps on each side (got {n_real} real, {n_fake} predicted)")
-        value = self.fid_from_features(self.features(targets), self.features(preds))
+        value = self.fid_from_features(self.real_features(targets), self.features(preds))
         return {"value": value, "notes": self.notes(n_real, n_fake)}
+
+    def real_features(self, targets: torch.Tensor) -> torch.Tensor:
+        """Features of the real maps, memoized by their uint8 content: a sweep of many
+        methods over one test split pays for the real side once."""
+        key = hashlib.sha256(to_uint8_rgb(torch.as_tensor(targets).detach().cpu()[:, :1]).numpy().tobytes()).hexdigest()
+        key = f"{self.weights.sha256}:{key}"
+        if key not in _REAL_FEATURES:
+            while len(_REAL_FEATURES) >= _REAL_FEATURES_MAX:
+                _REAL_FEATURES.pop(next(iter(_REAL_FEATURES)))
+            _REAL_FEATURES[key] = self.features(targets)
+        return _REAL_FEATURES[key]
+
+
+_REAL_FEATURES: dict[str, torch.Tensor] = {}
+_REAL_FEATURES_MAX = 8
+_SCORERS: dict[tuple, FidScorer] = {}
+
+
+def _scorer(weights, device, batch_size) -> FidScorer:
+    """One scorer (extractor loaded once) per weights/device/batch size in a process."""
+    resolved = find_weights(weights)
+    key = (str(resolved.path), resolved.sha256, str(device), int(batch_size))
+    if key not in _SCORERS:
+        _SCORERS[key] = FidScorer(weights, device=device, batch_size=batch_size)
+    return _SCORERS[key]
 
 
 def fid(preds: torch.Tensor, targets: torch.Tensor, weights: str | os.PathLike | None = None,
@@ -319,6 +344,6 @@ def fid(preds: torch.Tensor, targets: torch.Tensor, weights: str | os.PathLike |
     ``notes["fid"]`` is ``"unavailable: <reason>"``.
     """
     try:
-        return FidScorer(weights, device=device, batch_size=batch_size)(preds, targets)
+        return _scorer(weights, device, batch_size)(preds, targets)
     except FidUnavailable as exc:
         return {"value": None, "notes": {"fid": f"unavailable: {exc}"}}
