@@ -50,7 +50,8 @@ def evaluate_predictions(task: str, dataset: str, predictions: Path, name: str =
     t = task_spec.make(**task_spec.params)
     if not predictions.is_dir():
         raise CkmError(f"predictions folder {predictions} does not exist: pass --predictions DIR")
-    test = load_dataset(dataset, root=data_root).split("test")
+    full = load_dataset(dataset, root=data_root)
+    test = full.split("test")
     files = {p.stem: p for p in sorted(predictions.iterdir()) if p.suffix.lower() in (".png", ".npy")}
     wanted = [f"{s}_{i}" for s, i in zip(test.scene, test.tx_index)]
     missing = [w for w in wanted if w not in files]
@@ -76,12 +77,12 @@ def evaluate_predictions(task: str, dataset: str, predictions: Path, name: str =
     rec = {
         "record_id": record_id, "status": "done", "message": "", "method": name,
         "method_distribution": "external", "method_version": "-", "task": task, "dataset": dataset,
-        "dataset_hash": test.content_hash, "train_dataset": dataset, "train_dataset_hash": "",
+        "dataset_hash": full.content_hash, "train_dataset": dataset, "train_dataset_hash": "",
         "profile": "external", "seed": seed, "n_test": len(test), "map_size": list(test.shape),
         "metrics": _clean(result.summary), "metric_notes": _clean(result.notes),
         "cost": {"params": None, "train_s": None, "infer_s_per_map": None, "sampling_steps": None, "peak_mem_mb": None},
         "hparams": {"predictions": str(predictions)},
-        "config_hash": config_hash({"external": name, "task": task, "dataset_hash": test.content_hash}),
+        "config_hash": config_hash({"external": name, "task": task, "dataset_hash": full.content_hash}),
         **base_provenance("cpu"), "run_dir": None, "examples": None,
     }
     if record:

@@ -78,6 +78,8 @@ class Prepared:
     val: object
     hparams: dict
     device: torch.device
+    dataset_hash: str  # content hash of the whole scored dataset (as `ckmbench data generate` prints)
+    train_dataset_hash: str
 
 
 def resolve_device(name: str) -> torch.device:
@@ -131,7 +133,7 @@ def prepare(cfg: RunConfig, reg: Registry) -> Prepared:
         raise CkmError(
             f"dataset '{train_ds.name}' has no train split to fit '{spec.name}': pass --train-dataset (e.g. city)"
         )
-    return Prepared(spec, task, train_task, test, train, val, hparams, device)
+    return Prepared(spec, task, train_task, test, train, val, hparams, device, test_ds.content_hash, train_ds.content_hash)
 
 
 def _uint8(x: np.ndarray) -> np.ndarray:
@@ -217,9 +219,9 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
     dist, version = reg.distribution_of("methods", spec.name)
     record_id = uuid.uuid4().hex
     train_name = cfg.train_dataset or cfg.dataset
-    train_hash = prep.train.content_hash if prep.train is not None else ""
+    train_hash = prep.train_dataset_hash
     config = {
-        "method": spec.name, "task": cfg.task, "dataset": cfg.dataset, "dataset_hash": prep.test.content_hash,
+        "method": spec.name, "task": cfg.task, "dataset": cfg.dataset, "dataset_hash": prep.dataset_hash,
         "train_dataset": train_name, "train_dataset_hash": train_hash, "profile": cfg.profile,
         "hparams": prep.hparams, "seed": cfg.seed, "max_test": cfg.max_test,
     }
@@ -229,7 +231,7 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
     record = {
         "record_id": record_id, "status": "done", "message": "", "method": spec.name,
         "method_distribution": dist, "method_version": version, "task": cfg.task, "dataset": cfg.dataset,
-        "dataset_hash": prep.test.content_hash, "train_dataset": train_name, "train_dataset_hash": train_hash,
+        "dataset_hash": prep.dataset_hash, "train_dataset": train_name, "train_dataset_hash": train_hash,
         "profile": cfg.profile, "seed": cfg.seed, "n_test": len(prep.test), "map_size": list(prep.test.shape),
         "metrics": {}, "metric_notes": {}, "cost": {}, "hparams": prep.hparams,
         "config_hash": config_hash({**config, "protocol_version": base_provenance(prep.device)["protocol_version"]}),

@@ -95,7 +95,10 @@ def test_bilinear_sr4_end_to_end(tmp_path):
     assert m["rmse"] == pytest.approx(np.sqrt(m["mse"]), rel=1e-6)  # rmse = sqrt(mean over samples of mse)
     assert rec["n_test"] > 0 and rec["map_size"] == [32, 32]
     assert rec["cost"]["params"] == 0 and rec["cost"]["infer_s_per_map"] > 0
-    assert len(rec["dataset_hash"]) == 64 and rec["protocol_version"]
+    from ckmbench.data.registry import load_dataset
+
+    assert rec["dataset_hash"] == load_dataset("city-tiny").content_hash == rec["train_dataset_hash"]
+    assert rec["protocol_version"]
     stored = read_records(tmp_path / "r.jsonl")
     assert [r["record_id"] for r in stored] == [rec["record_id"]]
     run_dir = Path(rec["run_dir"])
