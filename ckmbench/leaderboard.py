@@ -328,8 +328,7 @@ def _metric_cell(row: Row, name: str, best: str | None) -> str:
     return (f"**{text}**" if text == best else text) + (f" (N={_join_range(ns)})" if ns else "")
 
 
-def _reproduced_table(board: Board) -> pd.DataFrame:
-    metrics, costs = board.metric_columns, board.cost_columns
+def _reproduced_table(board: Board, metrics: list[str], costs: list[str]) -> pd.DataFrame:
     best: dict[str, str] = {}
     for name in metrics:
         values = [r.metrics[name] for r in board.rows if r.metrics.get(name) is not None]
@@ -406,8 +405,17 @@ def _board_markdown(board: Board, figure: str | None, examples: str | None, repo
             "Reproduced runs: the newest `done` record per seed, averaged over seeds (`seeds`); "
             "`N` = maps scored. ↑ higher is better, ↓ lower is better; **bold** = best reproduced "
             "value per column. Ranked on the first metric column.", "",
-            _markdown_table(_reproduced_table(board)), "",
+            _markdown_table(_reproduced_table(board, [m for m in board.metric_columns if "@" not in m],
+                                              board.cost_columns)), "",
         ]
+        regional = [m for m in board.metric_columns if "@" in m]
+        if regional:
+            parts += [
+                "### Metrics over regions", "",
+                "The same metrics over the pixels of a region only: `@outdoor` outside buildings, "
+                "`@hole` inside the inpainting hole.", "",
+                _markdown_table(_reproduced_table(board, regional, [])), "",
+            ]
     else:
         parts += ["No reproduced results yet.", ""]
     if figure:
