@@ -54,6 +54,8 @@ from filelock import FileLock
 from .errors import CkmError
 
 DEFAULT_STORE = Path("results") / "records.jsonl"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 RECORD_KEYS = (
     "record_id", "status", "message", "method", "method_distribution", "method_version", "task",
     "dataset", "dataset_hash", "train_dataset", "train_dataset_hash", "profile", "seed", "n_test",
@@ -73,6 +75,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
