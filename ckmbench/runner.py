@@ -118,6 +118,8 @@ def prepare(cfg: RunConfig, reg: Registry) -> Prepared:
     test_ds = load_dataset(cfg.dataset, root=cfg.data_root, progress=cfg.progress)
     same = cfg.train_dataset in (None, cfg.dataset)
     train_ds = test_ds if same else load_dataset(cfg.train_dataset, root=cfg.train_data_root, progress=cfg.progress)
+    if spec.check_dataset is not None:
+        spec.check_dataset(test_ds)
     for t, ds in ((task, test_ds), (train_task, train_ds)):
         check = getattr(t, "check_dataset", None)
         if check is not None:

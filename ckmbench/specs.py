@@ -24,6 +24,9 @@ class MethodSpec:
     profiles: dict[str, dict] = field(default_factory=lambda: {p: {} for p in PROFILES})
     description: str = ""
     kind: str = "baseline"  # "baseline" (classical), "learned" or "diffusion"
+    # Optional ``check_dataset(dataset) -> None`` raising CkmError where the method must not
+    # be scored (e.g. the simulator on data it generated itself).
+    check_dataset: Callable[[Any], None] | None = None
 
     def supports(self, task_name: str) -> bool:
         return task_name in self.tasks

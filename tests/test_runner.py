@@ -174,3 +174,11 @@ def test_config_is_written_before_the_run(tmp_path):
     rec = run(cfg(tmp_path, max_test=3))
     config = json.loads((Path(rec["run_dir"]) / "config.json").read_text())
     assert config["max_test"] == 3 and rec["n_test"] == 3
+
+
+def test_simulator_is_not_scored_on_its_own_data(tmp_path):
+    with pytest.raises(CkmError, match="simulator.*generated it"):
+        run(cfg(tmp_path, method="simulator", task="envgen-static"))
+    rec = run(cfg(tmp_path, method="simulator", task="envgen-static", dataset="radiomapseer-map0",
+                  train_dataset="city-tiny"))
+    assert rec["status"] == "done" and rec["metrics"]["rmse_gain_db@outdoor"] < 3.5

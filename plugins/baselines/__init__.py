@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ckmbench.errors import CkmError
 from ckmbench.hookspecs import hookimpl
 from ckmbench.specs import PROFILES, MethodSpec
 from ckmbench.tasks.builtin import SR_FACTORS, ZERO_SHOT_FACTORS
@@ -33,11 +34,20 @@ BASELINES = (
 )
 
 
+def not_simulator_data(dataset) -> None:
+    """The simulator baseline is physics without learning on data it did not generate: on its
+    own output it would score perfectly and say nothing."""
+    if dataset.meta.get("generator") == "ckmbench.sim.dpm":
+        raise CkmError(f"method 'simulator' is not scored on dataset '{dataset.name}': the built-in simulator "
+                       "generated it; use real or ray-traced data (e.g. radiomapseer-map0, radiomapseer-dpm)")
+
+
 def baseline_specs() -> list[MethodSpec]:
     """One MethodSpec per classical baseline; every profile uses the same hyper-parameters."""
     return [
         MethodSpec(name=cls.name, factory=cls, tasks=tasks, profiles={p: dict(cls.defaults) for p in PROFILES},
-                   description=text, kind="baseline")
+                   description=text, kind="baseline",
+                   check_dataset=not_simulator_data if cls is Simulator else None)
         for cls, tasks, text in BASELINES
     ]
 
