@@ -8,6 +8,7 @@ bad run.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -23,6 +24,7 @@ from .data.builtin import DEFAULT_DATASET
 from .data.registry import load_dataset
 from .errors import CkmError
 from .method import Method, RunContext, TaskData
+from .metrics.cost import PeakMemory
 from .plugins import Registry, registry as default_registry, require_profile
 from .provenance import base_provenance, config_hash
 from .results import append_record, atomic_write_bytes, atomic_write_text, store_path
@@ -142,17 +144,6 @@ def _uint8(x: np.ndarray) -> np.ndarray:
     return np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
 
 
-def _peak_memory_context(device):
-    try:
-        from .metrics.cost import PeakMemory
-
-        return PeakMemory(device)
-    except ImportError:  # pragma: no cover - metrics package always ships PeakMemory
-        import contextlib
-
-        return contextlib.nullcontext(None)
-
-
 def predict_all(method: Method, task, test, ctx: RunContext, batch_size: int, deadline: float | None):
     """Predictions, targets and regions for the whole test split, batch by batch."""
     preds, targets, regions, observations = [], [], {}, []
@@ -192,8 +183,6 @@ def _save_examples(store_file: Path, record_id: str, test, pred, target, observa
         obs = torch.cat(observations)[idx, 0].numpy()
         payload["observation"] = _uint8(obs)
     rel = Path("examples") / f"{record_id}.npz"
-    import io
-
     buf = io.BytesIO()
     np.savez_compressed(buf, **payload)
     atomic_write_bytes(store_file.parent / rel, buf.getvalue())
@@ -251,7 +240,7 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         empty = prep.test.take([])
         train = TaskData(prep.train if prep.train is not None else empty, prep.train_task, cfg.seed)
         val = TaskData(prep.val if prep.val is not None else empty, prep.train_task, cfg.seed)
-        with _peak_memory_context(prep.device) as peak:
+        with PeakMemory(prep.device) as peak:
             t0 = time.perf_counter()
             if cfg.checkpoint:
                 method.load_state_dict(torch.load(cfg.checkpoint, map_location=prep.device, weights_only=True))
@@ -262,8 +251,6 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
                 raise RunTimeout(f"time budget of {cfg.time_budget_s:.0f} s exceeded during fit")
             state = method.state_dict()
             if state:
-                import io
-
                 buf = io.BytesIO()
                 torch.save(state, buf)
                 atomic_write_bytes(run_dir / "checkpoint.pt", buf.getvalue())
@@ -282,7 +269,7 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
             "train_s": train_s,
             "infer_s_per_map": infer_s / len(prep.test),
             "sampling_steps": method.sampling_steps(),
-            "peak_mem_mb": getattr(peak, "peak_mb", None) if peak is not None else None,
+            "peak_mem_mb": peak.peak_mb,
         })
         record["examples"] = _save_examples(store_file, record_id, prep.test, pred, target, observations, cfg.examples)
         _write_run_outputs(run_dir, result, prep.test, record, store_file)
