@@ -72,12 +72,10 @@ class Method:
         return None
 
     def num_parameters(self) -> int:
-        """Trainable parameters (0 for classical baselines)."""
-        total = 0
-        for value in vars(self).values():
-            if isinstance(value, torch.nn.Module):
-                total += sum(p.numel() for p in value.parameters() if p.requires_grad)
-        return total
+        """Trainable parameters of the method's modules (0 for classical baselines)."""
+        from .metrics.cost import attribute_parameters
+
+        return attribute_parameters(self)
 
     def sampling_steps(self) -> int | None:
         """Number of network evaluations per prediction for iterative samplers (None otherwise)."""

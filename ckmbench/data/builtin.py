@@ -49,9 +49,10 @@ def load_city(name: str, root=None, progress: bool = True, shard: tuple[int, int
     from .synthetic import build_city_dataset
 
     def build():
-        full = _merge_complete_shards(name)
-        if full is not None and shard is None:
-            return full
+        if shard is None:
+            merged = _merge_complete_shards(name)
+            if merged is not None:
+                return merged
         return build_city_dataset(name=name, **CITY_CONFIGS[name], workers=workers, progress=progress, shard=shard)
 
     return cached(name, _city_key(name, shard), build, force=force)

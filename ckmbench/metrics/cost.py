@@ -20,6 +20,12 @@ def count_parameters(obj) -> int:
         return int(sum(p.numel() for p in obj.parameters() if p.requires_grad))
     if hasattr(obj, "num_parameters") and callable(obj.num_parameters):
         return int(obj.num_parameters())
+    return attribute_parameters(obj)
+
+
+def attribute_parameters(obj) -> int:
+    """Trainable parameters of the ``nn.Module`` attributes of ``obj``, each counted once
+    even when two attributes share a module."""
     seen: set[int] = set()
     total = 0
     for value in vars(obj).values() if hasattr(obj, "__dict__") else ():
