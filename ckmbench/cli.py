@@ -67,14 +67,16 @@ def cli(verbose: bool):
 @click.option("--store", default=None, help="Results store (default $CKMBENCH_STORE or results/records.jsonl).")
 @click.option("--runs-dir", default="runs", show_default=True, help="Where run folders go.")
 @click.option("--max-test", default=None, type=int, help="Score at most N test maps (evenly spaced).")
-@click.option("--time-budget", default=None, type=float, help="Seconds; a run past it is stored as timeout.")
+@click.option("--time-budget", default=None, type=float, help="Seconds; a learned method stops training there, saves and is scored; "
+                   "a classical run past it is stored as timeout.")
 @click.option("--checkpoint", default=None, help="Load this checkpoint instead of fitting.")
+@click.option("--refit", is_flag=True, help="Train again even when the fit cache holds this fit.")
 @click.option("--set", "sets", multiple=True, help="Hyper-parameter override key=value (repeatable).")
 @click.option("--fid/--no-fid", default=None,
               help="Compute FID (default: only for inpaint, denoise, generate and the -noisy sr tasks).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def run(method, task, dataset, train_dataset, profile, seed, device, data_root, train_data_root, store, runs_dir,
-        max_test, time_budget, checkpoint, sets, fid, no_progress):
+        max_test, time_budget, checkpoint, refit, sets, fid, no_progress):
     """Fit METHOD on TASK, score it, print the metrics and store a record."""
     from .plugins import registry
     from .report import print_record
@@ -97,7 +99,7 @@ def run(method, task, dataset, train_dataset, profile, seed, device, data_root, 
         cfg = RunConfig(method=m, task=t, dataset=dataset, train_dataset=train_dataset, profile=profile, seed=seed,
                         device=device, data_root=data_root, train_data_root=train_data_root, store=store,
                         runs_dir=runs_dir, max_test=max_test, time_budget_s=time_budget, checkpoint=checkpoint,
-                        progress=not no_progress, fid=fid, hparams=_parse_sets(sets))
+                        refit=refit, progress=not no_progress, fid=fid, hparams=_parse_sets(sets))
         try:
             record = run_one(cfg, reg)
         except CkmError as exc:

@@ -23,6 +23,15 @@ class RunContext:
     time_budget_s: float | None = None
     progress: bool = True
     extras: dict[str, Any] = field(default_factory=dict)
+    # time.monotonic() at which training must stop, save and let the run score what it has
+    deadline: float | None = None
+    # Folder of this fit in the fit cache: the trainer keeps its resumable state there.
+    fit_dir: Path | None = None
+    # amp: None or "bf16" (autocast for the forward passes; set with --set amp=bf16)
+    amp: str | None = None
+    # fit_dependency(method_name) -> that method fitted on the same train task, dataset,
+    # profile and seed (through the fit cache); e.g. LiCGDM starts from the CGDM fit.
+    fit_dependency: Any = None
 
 
 class TaskData:
@@ -45,8 +54,13 @@ class TaskData:
         order = torch.randperm(len(self.dataset), generator=generator).tolist() if shuffle else range(len(self.dataset))
         order = list(order)
         for start in range(0, len(order), batch_size):
-            samples = [self.dataset[i] for i in order[start:start + batch_size]]
-            yield self.task.batch(samples, self.seed)
+            yield self.batch_at(order[start:start + batch_size])
+
+    def batch_at(self, indices, draw: int | None = None):
+        """The batch of the samples at ``indices``; ``draw`` = k gives each its k-th fresh
+        degradation (training), ``None`` the fixed observation every method is scored on."""
+        samples = [self.dataset[int(i)] for i in indices]
+        return self.task.batch(samples, self.seed, draw)
 
 
 class Method:

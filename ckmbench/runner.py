@@ -23,6 +23,8 @@ import torch
 from .data.builtin import DEFAULT_DATASET
 from .data.registry import load_dataset
 from .errors import CkmError
+from .fitting import fit_method
+from .training import dist_info
 from .method import Method, RunContext, TaskData
 from .metrics.cost import PeakMemory
 from .plugins import Registry, registry as default_registry, require_profile
@@ -67,6 +69,7 @@ class RunConfig:
     checkpoint: str | None = None
     progress: bool = True
     fid: bool | None = None  # None: only for the tasks whose papers report FID (FID_TASKS)
+    refit: bool = False  # train again even when the fit cache holds this fit
     hparams: dict = field(default_factory=dict)
 
 
@@ -218,6 +221,10 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
     }
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     run_dir = Path(cfg.runs_dir) / f"{stamp}-{spec.name}-{cfg.task}-{cfg.dataset}-{record_id[:8]}"
+    if not dist_info().is_main:  # under torchrun only rank 0 writes a run folder
+        import tempfile
+
+        run_dir = Path(tempfile.mkdtemp(prefix=f"ckmbench-rank{dist_info().rank}-"))
     run_dir.mkdir(parents=True, exist_ok=True)
     record = {
         "record_id": record_id, "status": "done", "message": "", "method": spec.name,
@@ -227,13 +234,19 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         "metrics": {}, "metric_notes": {}, "cost": {}, "hparams": prep.hparams,
         "config_hash": config_hash({**config, "protocol_version": base_provenance(prep.device)["protocol_version"]}),
         **base_provenance(prep.device), "run_dir": str(run_dir), "examples": None,
+        "fit": None,
     }
     atomic_write_text(run_dir / "config.json", json.dumps({**asdict(cfg), **config}, indent=1, sort_keys=True, default=str))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % (2**32))
-    ctx = RunContext(device=prep.device, seed=cfg.seed, profile=cfg.profile, hparams=prep.hparams, run_dir=run_dir,
-                     time_budget_s=cfg.time_budget_s, progress=cfg.progress)
     deadline = time.monotonic() + cfg.time_budget_s if cfg.time_budget_s else None
+    learned = getattr(spec, "kind", "baseline") != "baseline"
+    ctx = RunContext(device=prep.device, seed=cfg.seed, profile=cfg.profile, hparams=prep.hparams, run_dir=run_dir,
+                     time_budget_s=cfg.time_budget_s, progress=cfg.progress, amp=prep.hparams.get("amp"),
+                     deadline=deadline if learned else None)
+    # A learned method's budget bounds its training: it stops, saves and is scored on what it
+    # learned (record: fit.budget_reached). A baseline past the budget is a timeout.
+    predict_deadline = None if learned else deadline
     store_file = store_path(cfg.store)
     try:
         method = spec.factory(cfg.profile, prep.hparams)
@@ -245,9 +258,14 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
             if cfg.checkpoint:
                 method.load_state_dict(torch.load(cfg.checkpoint, map_location=prep.device, weights_only=True))
             else:
-                method.fit(train, val, prep.train_task, ctx)
+                record["fit"] = fit_method(
+                    method, spec, version=version, train_task=prep.train_task, train_name=train_name,
+                    train_hash=train_hash, profile=cfg.profile, hparams=prep.hparams, seed=cfg.seed, train=train,
+                    val=val, ctx=ctx, registry=reg, refit=cfg.refit)
             train_s = time.perf_counter() - t0
-            if deadline is not None and time.monotonic() > deadline:
+            if not dist_info().is_main:
+                return record  # under torchrun, rank 0 alone scores and stores
+            if predict_deadline is not None and time.monotonic() > predict_deadline:
                 raise RunTimeout(f"time budget of {cfg.time_budget_s:.0f} s exceeded during fit")
             state = method.state_dict()
             if state:
@@ -255,7 +273,8 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
                 torch.save(state, buf)
                 atomic_write_bytes(run_dir / "checkpoint.pt", buf.getvalue())
             t1 = time.perf_counter()
-            pred, target, regions, observations = predict_all(method, prep.task, prep.test, ctx, cfg.batch_size, deadline)
+            pred, target, regions, observations = predict_all(method, prep.task, prep.test, ctx, cfg.batch_size,
+                                                                     predict_deadline)
             infer_s = time.perf_counter() - t1
         pred = pred.clamp(0, 1)
         from .metrics.evaluate import evaluate
@@ -266,7 +285,9 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         record["metric_notes"] = _clean(result.notes)
         record["cost"] = _clean({
             "params": int(method.num_parameters()),
-            "train_s": train_s,
+            # a reused fit reports the training time and steps it cost when it was made
+            "train_s": (record["fit"] or {}).get("train_s", train_s) if record["fit"] else train_s,
+            "train_steps": (record["fit"] or {}).get("steps_done"),
             "infer_s_per_map": infer_s / len(prep.test),
             "sampling_steps": method.sampling_steps(),
             "peak_mem_mb": peak.peak_mb,

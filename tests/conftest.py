@@ -9,9 +9,10 @@ import pytest
 def isolated_ckmbench_dirs(tmp_path_factory):
     """Point the dataset cache and the results store at temporary folders."""
     root = tmp_path_factory.mktemp("ckmbench")
-    old = {k: os.environ.get(k) for k in ("CKMBENCH_DATA", "CKMBENCH_STORE", "MPLBACKEND")}
+    old = {k: os.environ.get(k) for k in ("CKMBENCH_DATA", "CKMBENCH_STORE", "CKMBENCH_FITS", "MPLBACKEND")}
     os.environ["CKMBENCH_DATA"] = str(root / "data")
     os.environ["CKMBENCH_STORE"] = str(root / "results" / "records.jsonl")
+    os.environ["CKMBENCH_FITS"] = str(root / "fits")
     os.environ["MPLBACKEND"] = "Agg"
     yield root
     for k, v in old.items():

@@ -19,10 +19,17 @@ from ..data.sample import Sample
 OBSERVATION_FIELDS = ("y", "mask", "buildings", "cars", "tx_map", "tx")
 
 
-def degradation_seed(dataset: str, scene: str, tx_index: int, task: str, seed: int) -> int:
-    """A 64-bit seed from (dataset, scene, tx, task, seed); stable across runs and machines."""
-    text = f"{dataset}|{scene}|{int(tx_index)}|{task}|{int(seed)}".encode()
-    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little")
+def degradation_seed(dataset: str, scene: str, tx_index: int, task: str, seed: int, draw: int | None = None) -> int:
+    """A 64-bit seed from (dataset, scene, tx, task, seed); stable across runs and machines.
+
+    ``draw`` = k selects the k-th fresh degradation of the sample for training (methods that
+    draw a new degradation every step, e.g. CKMDiff Alg. 1); ``None`` is the fixed
+    observation every method is scored on, so the test observations never change.
+    """
+    text = f"{dataset}|{scene}|{int(tx_index)}|{task}|{int(seed)}"
+    if draw is not None:
+        text += f"|draw{int(draw)}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
 
 
 def tx_one_hot(sample: Sample) -> np.ndarray:
@@ -100,15 +107,19 @@ class Task:
     def train_task(self) -> str:
         return self.fit_task or self.name
 
-    def rng(self, sample: Sample, seed: int) -> np.random.Generator:
-        return np.random.default_rng(degradation_seed(sample.dataset, sample.scene, sample.tx_index, self.name, seed))
+    def rng(self, sample: Sample, seed: int, draw: int | None = None) -> np.random.Generator:
+        return np.random.default_rng(degradation_seed(sample.dataset, sample.scene, sample.tx_index, self.name, seed, draw))
 
-    def observe_seeded(self, sample: Sample, seed: int) -> dict[str, np.ndarray]:
-        return self.observe(sample, self.rng(sample, seed))
+    def observe_seeded(self, sample: Sample, seed: int, draw: int | None = None) -> dict[str, np.ndarray]:
+        """The observation of ``sample``: the fixed one (``draw=None``) or fresh draw number ``draw``."""
+        return self.observe(sample, self.rng(sample, seed, draw))
 
-    def batch(self, samples: list[Sample], seed: int) -> tuple[Observation, torch.Tensor, dict[str, torch.Tensor]]:
-        """(observation, targets (B,1,H,W), regions {name: bool (B,1,H,W)}) for a list of samples."""
-        per = [self.observe_seeded(s, seed) for s in samples]
+    def batch(self, samples: list[Sample], seed: int,
+              draw: int | None = None) -> tuple[Observation, torch.Tensor, dict[str, torch.Tensor]]:
+        """(observation, targets (B,1,H,W), regions {name: bool (B,1,H,W)}) for a list of samples.
+
+        ``draw`` = k gives every sample its k-th fresh degradation (training only)."""
+        per = [self.observe_seeded(s, seed, draw) for s in samples]
         targets = torch.from_numpy(np.stack([self.target(s) for s in samples]).astype(np.float32))[:, None]
         kw = {}
         for name in OBSERVATION_FIELDS:

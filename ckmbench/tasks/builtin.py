@@ -33,8 +33,8 @@ class BuiltinTask(Task):
     def observation_extras(self) -> dict:
         return {"noise_std": float(self.noise_std)}
 
-    def batch(self, samples, seed):
-        obs, targets, regions = super().batch(samples, seed)
+    def batch(self, samples, seed, draw=None):
+        obs, targets, regions = super().batch(samples, seed, draw)
         obs.extras.update(self.observation_extras())
         return obs, targets, regions
 

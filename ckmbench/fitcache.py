@@ -1,0 +1,106 @@
+"""The fit cache: a trained model is stored once and reused by every run that needs it.
+
+A fit is keyed by (method, method version, train task, train dataset hash, profile, the
+hyper-parameters that change training, seed). ``zeroshot-sr2/8/16`` train on ``sr4`` and
+so reuse the ``sr4`` fit; a transfer run reuses the fit on its train dataset; scoring again
+(e.g. with another sampler) reuses the first. The folder of a fit also keeps the trainer's
+resumable state, so a killed or time-budgeted fit goes on where it stopped.
+
+Layout: ``$CKMBENCH_FITS`` (default: the user cache folder ``ckmbench/fits``) /
+``<method>-<key>/`` with ``fit.pt`` (the method's state_dict, weights only), ``fit.json``
+(what was trained, how far) and the trainer's ``<model>/train_state.pt``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .results import atomic_write_text
+
+FIT_FILE = "fit.pt"
+META_FILE = "fit.json"
+
+
+def fits_root() -> Path:
+    from platformdirs import user_cache_dir
+
+    return Path(os.environ.get("CKMBENCH_FITS") or Path(user_cache_dir("ckmbench")) / "fits")
+
+
+def fit_key(method: str, method_version: str, train_task: str, train_dataset_hash: str, profile: str,
+            hparams: dict, seed: int) -> str:
+    """sha256 over everything that changes a fit (callers drop predict-only hyper-parameters)."""
+    text = json.dumps({"method": method, "version": method_version, "train_task": train_task,
+                       "train_dataset_hash": train_dataset_hash, "profile": profile, "hparams": hparams,
+                       "seed": int(seed)}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def fit_hparams(method, hparams: dict) -> dict:
+    """The hyper-parameters that change training: all but the method's ``predict_hparams``."""
+    skip = set(getattr(method, "predict_hparams", ()))
+    return {k: v for k, v in sorted(hparams.items()) if k not in skip}
+
+
+@dataclass
+class FitEntry:
+    """One fit's folder in the cache."""
+
+    key: str
+    dir: Path
+
+    @classmethod
+    def for_run(cls, method_name: str, key: str, root: Path | None = None) -> "FitEntry":
+        return cls(key, (root or fits_root()) / f"{method_name}-{key}")
+
+    @property
+    def meta_path(self) -> Path:
+        return self.dir / META_FILE
+
+    def meta(self) -> dict | None:
+        if not self.meta_path.exists():
+            return None
+        try:
+            return json.loads(self.meta_path.read_text("utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def complete(self) -> bool:
+        """A finished fit (not one stopped by a time budget) whose weights are on disk."""
+        meta = self.meta()
+        return bool(meta and meta.get("complete") and (self.dir / FIT_FILE).exists())
+
+    def load(self, map_location="cpu") -> dict:
+        from .checkpoints import load_checkpoint_file
+
+        return load_checkpoint_file(self.dir / FIT_FILE, map_location=map_location)
+
+    def save(self, state: dict, meta: dict) -> None:
+        """Weights first, then the metadata that declares them usable (both atomic)."""
+        from .training import save_atomic
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        save_atomic(state, self.dir / FIT_FILE)
+        atomic_write_text(self.meta_path, json.dumps(meta, indent=1, sort_keys=True, default=str))
+
+    def clear(self) -> None:
+        """Forget this fit (``--refit``): weights and resumable state."""
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+
+
+def describe(entry: FitEntry, source: str, meta: dict | None) -> dict:
+    """The ``fit`` field of a record: which fit was used and how it came about."""
+    out = {"key": entry.key, "source": source, "dir": str(entry.dir)}
+    if meta:
+        for k in ("steps_done", "steps_planned", "budget_reached", "train_s", "final_loss", "best_val",
+                  "selected", "resumed_from", "train_task", "train_dataset", "train_dataset_hash", "variant"):
+            if k in meta:
+                out[k] = meta[k]
+    return out
+

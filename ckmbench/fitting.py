@@ -1,0 +1,79 @@
+"""Fit a learned method once, through the fit cache; classical baselines just call ``fit``.
+
+The runner calls :func:`fit_method`. For a learned method it looks the fit up in the cache
+(:mod:`ckmbench.fitcache`); when absent (or with ``refit``) it points the trainer at the
+cache folder (so a killed fit resumes), calls ``method.fit`` and stores the weights with
+what the trainer reported. A method that builds on another method's fit (LiCGDM on CGDM)
+gets it from ``ctx.fit_dependency(name)``, fitted or reused the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+
+from .fitcache import FitEntry, describe, fit_hparams, fit_key
+from .training import dist_info
+
+log = logging.getLogger("ckmbench.fit")
+
+
+def report_fit(ctx, result, **extra) -> None:
+    """Called by a method's ``fit``: what the record and the fit cache say about this fit."""
+    info = result.as_record() if hasattr(result, "as_record") else dict(result)
+    ctx.extras["fit"] = {**info, **extra}
+
+
+def fit_method(method, spec, *, version: str, train_task, train_name: str, train_hash: str, profile: str,
+               hparams: dict, seed: int, train, val, ctx, registry=None, refit: bool = False) -> dict | None:
+    """Fit ``method`` (or load its cached fit); returns the record's ``fit`` field (None for baselines)."""
+    if spec.kind == "baseline":
+        method.fit(train, val, train_task, ctx)
+        return None
+    key = fit_key(spec.name, version, train_task.name, train_hash, profile, fit_hparams(method, hparams), seed)
+    entry = FitEntry.for_run(spec.name, key)
+    main = dist_info().is_main
+    if refit and main:
+        entry.clear()
+    if entry.complete():
+        log.info("%s: using the cached fit %s", spec.name, entry.dir)
+        method.load_state_dict(entry.load(map_location=ctx.device))
+        return describe(entry, "cache", entry.meta())
+    ctx.fit_dir = entry.dir
+    if registry is not None:
+        ctx.fit_dependency = _dependency_fitter(registry, ctx, train_task=train_task, train_name=train_name,
+                                                train_hash=train_hash, profile=profile, seed=seed, train=train, val=val)
+    ctx.extras.pop("fit", None)
+    t0 = time.perf_counter()
+    method.fit(train, val, train_task, ctx)
+    info = dict(ctx.extras.get("fit") or {})
+    meta = {
+        **info, "method": spec.name, "method_version": version, "train_task": train_task.name,
+        "train_dataset": train_name, "train_dataset_hash": train_hash, "profile": profile, "seed": seed,
+        "hparams": fit_hparams(method, hparams), "complete": not info.get("budget_reached", False),
+        "fit_wall_s": time.perf_counter() - t0,
+    }
+    if main:
+        entry.save(method.state_dict(), meta)
+    return describe(entry, "trained", meta)
+
+
+def _dependency_fitter(registry, ctx, **common):
+    """``ctx.fit_dependency(name)``: method ``name`` fitted on the same data, profile and seed."""
+    from .plugins import require_profile
+
+    def fitted(name: str):
+        spec = registry.method(name)
+        hparams = dict(require_profile(spec, common["profile"]))
+        # the run's bf16 setting carries over; everything else is the dependency's own profile
+        if ctx.amp:
+            hparams["amp"] = ctx.amp
+        method = spec.factory(common["profile"], hparams)
+        _, version = registry.distribution_of("methods", spec.name)
+        sub = copy.copy(ctx)
+        sub.extras = {}
+        fit_method(method, spec, version=version, hparams=hparams, ctx=sub, registry=registry, **common)
+        return method
+
+    return fitted

@@ -1,0 +1,516 @@
+"""The trainer every learned method's ``fit`` calls (docs/training.md).
+
+What it gives a method, so no plugin writes its own loop:
+
+- seeded data order (a permutation per epoch from (seed, epoch)) and a per-step generator
+  seeded from (seed, rank, step), so step k sees the same batch and the same noise whether
+  or not training was interrupted before it;
+- optimizer, learning-rate schedule, gradient clipping and EMA from the profile;
+- atomic checkpoints every N steps with model, optimizer, scheduler, EMA, step and every
+  RNG state; the same command after a ``kill -9`` resumes and (on the CPU) ends with the
+  same weights bit for bit;
+- a NaN/inf guard that stops with the step named and keeps the last good checkpoint;
+- a time budget that stops cleanly, saves, and lets the run score what was trained;
+- progress (tqdm: step, loss, steps/s, time left), validation, best-or-last selection;
+- DistributedDataParallel under ``torchrun`` (NCCL on GPUs, gloo on CPUs); only rank 0
+  writes; bf16 autocast with ``amp="bf16"``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import CkmError
+
+log = logging.getLogger("ckmbench.train")
+
+STATE_FILE = "train_state.pt"
+
+
+class TrainingDiverged(CkmError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# ------------------------------------------------------------------ configuration
+@dataclass
+class TrainConfig:
+    """Training hyper-parameters, read from a method's profile (unknown keys are ignored)."""
+
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 1e-4
+    lr_end: float | None = None  # final learning rate of a "linear"/"cosine" decay
+    lr_schedule: str = "constant"  # constant | linear | cosine | step
+    lr_step_every: int = 0  # "step": multiply by lr_gamma every this many steps
+    lr_gamma: float = 0.1
+    warmup_steps: int = 0
+    optimizer: str = "adam"  # adam | adamw
+    weight_decay: float = 0.0
+    adam_betas: tuple = (0.9, 0.999)
+    grad_clip: float | None = 1.0
+    ema_decay: float | None = None
+    ema_start: int = 0
+    checkpoint_every: int = 200
+    val_every: int = 0  # 0: validate only at the end (when a val_fn is given)
+    select: str = "last"  # last | best (best validation value)
+    amp: str | None = None  # None | "bf16"
+    fresh_degradations: bool = False  # a new degradation of each sample every step
+    log_every: int = 50
+
+    @classmethod
+    def from_hparams(cls, hparams: dict, prefix: str = "") -> "TrainConfig":
+        """The fields present in ``hparams`` (optionally under ``prefix``, e.g. "vae_")."""
+        kw = {}
+        for f in fields(cls):
+            key = prefix + f.name
+            if key in hparams:
+                kw[f.name] = tuple(hparams[key]) if f.name == "adam_betas" else hparams[key]
+        cfg = cls(**kw)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        bad = []
+        if not isinstance(self.steps, int) or self.steps < 0:
+            bad.append(f"steps={self.steps!r} (an integer >= 0)")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            bad.append(f"batch_size={self.batch_size!r} (an integer >= 1)")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            bad.append(f"lr={self.lr!r} (a number > 0)")
+        if self.lr_schedule not in ("constant", "linear", "cosine", "step"):
+            bad.append(f"lr_schedule={self.lr_schedule!r} (constant, linear, cosine or step)")
+        if self.optimizer not in ("adam", "adamw"):
+            bad.append(f"optimizer={self.optimizer!r} (adam or adamw)")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            bad.append(f"ema_decay={self.ema_decay!r} (in (0, 1), or null)")
+        if self.select not in ("last", "best"):
+            bad.append(f"select={self.select!r} (last or best)")
+        if self.amp not in (None, "bf16", "none"):
+            bad.append(f"amp={self.amp!r} (bf16 or none)")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1:
+            bad.append(f"checkpoint_every={self.checkpoint_every!r} (an integer >= 1)")
+        if bad:
+            raise CkmError("bad training hyper-parameters: " + "; ".join(bad) + ": fix them with --set key=value")
+
+    def fingerprint(self) -> str:
+        """What a resumed state must agree on (everything but checkpoint/log cadence)."""
+        d = asdict(self)
+        for k in ("checkpoint_every", "log_every"):
+            d.pop(k)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class TrainResult:
+    """What the run records about a fit."""
+
+    steps_done: int = 0
+    steps_planned: int = 0
+    budget_reached: bool = False
+    resumed_from: int | None = None
+    final_loss: float | None = None
+    best_val: float | None = None
+    selected: str = "last"
+    train_s: float = 0.0
+    history: list = field(default_factory=list)  # (step, mean loss over the last log interval)
+
+    def as_record(self) -> dict:
+        d = asdict(self)
+        d.pop("history")
+        return d
+
+
+# ------------------------------------------------------------------ distributed
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def dist_info() -> DistInfo:
+    """Rank and world size from torchrun's environment (1 process when not under torchrun)."""
+    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                    int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group torchrun set up: NCCL for CUDA, gloo for the CPU."""
+    info = dist_info()
+    if info.enabled and not torch.distributed.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device.index if device.index is not None else info.local_rank)
+        torch.distributed.init_process_group(backend=backend)
+    return info
+
+
+def device_for_rank(device: torch.device) -> torch.device:
+    """Under torchrun each process takes the GPU of its local rank."""
+    info = dist_info()
+    if device.type == "cuda" and info.enabled and device.index is None:
+        return torch.device("cuda", info.local_rank)
+    return device
+
+
+# ------------------------------------------------------------------ helpers
+def step_seed(seed: int, rank: int, step: int, stream: str = "") -> int:
+    """A 63-bit seed for (seed, rank, step): each step's randomness is independent of the past."""
+    text = f"{int(seed)}|{int(rank)}|{int(step)}|{stream}".encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def rng_states() -> dict:
+    """Every RNG the process uses, in a form ``torch.load(weights_only=True)`` reads back."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    out = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
+    }
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    n = states["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = states["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def move_batch(batch, device: torch.device):
+    """Observation/targets/regions to ``device``; pinned and non-blocking on CUDA."""
+    obs, target, regions = batch
+    if device.type == "cuda":
+        target = target.pin_memory().to(device, non_blocking=True)
+        regions = {k: v.pin_memory().to(device, non_blocking=True) for k, v in regions.items()}
+    else:
+        target = target.to(device)
+        regions = {k: v.to(device) for k, v in regions.items()}
+    return obs.to(device), target, regions
+
+
+def autocast(device: torch.device, amp: str | None):
+    """bf16 autocast when asked (CPU and CUDA); a no-op context otherwise."""
+    enabled = amp == "bf16"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+class EMA:
+    """Exponential moving average of a model's floating-point parameters and buffers.
+
+    Before ``start`` the average tracks the weights exactly (decay 0), as in the SR3/DDPM
+    code the seed papers follow ("EMA 0.9999 from step 5,000").
+    """
+
+    def __init__(self, model: nn.Module, decay: float, start: int = 0):
+        self.decay = float(decay)
+        self.start = int(start)
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = self.decay if step >= self.start else 0.0
+        for k, v in model.state_dict().items():
+            s = self.shadow[k]
+            if v.dtype.is_floating_point:
+                s.mul_(d).add_(v.detach(), alpha=1.0 - d)
+            else:
+                s.copy_(v)
+
+    def copy_to(self, model: nn.Module) -> None:
+        model.load_state_dict(self.shadow)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "start": self.start, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay, self.start = float(state["decay"]), int(state["start"])
+        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
+
+
+def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    """Multiplier of ``cfg.lr`` at each step: warm-up, then the profile's schedule."""
+    end = (cfg.lr_end if cfg.lr_end is not None else cfg.lr) / cfg.lr
+    total = max(1, cfg.steps - cfg.warmup_steps)
+
+    def f(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        p = min(1.0, (step - cfg.warmup_steps) / total)
+        if cfg.lr_schedule == "linear":
+            return 1.0 + (end - 1.0) * p
+        if cfg.lr_schedule == "cosine":
+            return end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * p))
+        if cfg.lr_schedule == "step" and cfg.lr_step_every:
+            return cfg.lr_gamma ** (step // cfg.lr_step_every)
+        return 1.0
+
+    return f
+
+
+def save_atomic(obj, path: Path) -> None:
+    from .results import atomic_write_bytes
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_state(path: Path, map_location="cpu") -> dict:
+    """A trainer state written by ``save_atomic``; never unpickles code (weights_only)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CkmError(f"training state {path} is not a ckmbench training state ({type(exc).__name__}): "
+                       f"delete it or pass --refit to train from scratch") from None
+
+
+# ------------------------------------------------------------------ the trainer
+StepFn = Callable[[nn.Module, tuple, torch.Generator], torch.Tensor]
+
+
+class Trainer:
+    """Runs a method's training loop; the method supplies the loss of one batch.
+
+    ``step_fn(net, batch, generator) -> loss`` computes the loss of one batch (``net`` is
+    the model, DDP-wrapped when distributed; ``batch`` = (Observation, targets, regions) on
+    the device; ``generator`` a per-step torch.Generator on the device for noise, timesteps
+    and crops). ``val_fn(model) -> float`` (lower is better) is called every ``val_every``
+    steps and at the end on the EMA weights when EMA is on.
+    """
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, ctx, name: str = "model",
+                 params: list | None = None):
+        self.model = model
+        self.cfg = cfg
+        self.ctx = ctx
+        self.name = name
+        self.device = ctx.device
+        self.dist = dist_info()
+        self.params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
+        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt_cls(self.params, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.ema = EMA(model, cfg.ema_decay, cfg.ema_start) if cfg.ema_decay else None
+        base = ctx.fit_dir or (Path(ctx.run_dir) / "train" if ctx.run_dir else None)
+        self.state_dir = Path(base) / name if base is not None else None
+        self.best_state: dict | None = None
+        self.best_val: float | None = None
+
+    # ---------------------------------------------------------- state
+    @property
+    def state_path(self) -> Path | None:
+        return self.state_dir / STATE_FILE if self.state_dir is not None else None
+
+    def state_dict(self, step: int, history: list) -> dict:
+        return {
+            "format": "ckmbench-train-state-1",
+            "fingerprint": self.cfg.fingerprint(),
+            "world_size": self.dist.world_size,
+            "step": int(step),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "best": {"state": self.best_state, "val": self.best_val},
+            "rng": rng_states(),
+            "history": [[int(s), float(v)] for s, v in history],
+        }
+
+    def save(self, step: int, history: list) -> None:
+        if self.state_path is None or not self.dist.is_main:
+            return
+        save_atomic(self.state_dict(step, history), self.state_path)
+
+    def try_resume(self) -> tuple[int, list]:
+        """Load the saved state if there is one for this config; returns (step, history)."""
+        path = self.state_path
+        if path is None or not path.exists():
+            return 0, []
+        state = load_state(path, map_location=self.device)
+        if state.get("format") != "ckmbench-train-state-1":
+            raise CkmError(f"{path} is not a ckmbench training state: delete it or pass --refit")
+        if state["fingerprint"] != self.cfg.fingerprint() or state.get("world_size", 1) != self.dist.world_size:
+            raise CkmError(f"training state {path} was written with other training settings or another number "
+                           f"of processes: pass --refit to start again, or run with the settings it was made with")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.best_state, self.best_val = state["best"]["state"], state["best"]["val"]
+        set_rng_states(state["rng"])
+        log.info("%s: resuming from step %d (%s)", self.name, state["step"], path)
+        return int(state["step"]), [tuple(h) for h in state["history"]]
+
+    # ---------------------------------------------------------- data order
+    def batch_indices(self, n: int, step: int) -> list[int]:
+        """Indices of this rank's share of the global batch of ``step`` (seeded epochs)."""
+        bs = self.cfg.batch_size
+        start = step * bs
+        out = []
+        while len(out) < bs:
+            epoch, pos = divmod(start + len(out), n)
+            perm = self._perm(n, epoch)
+            out.extend(perm[pos:pos + bs - len(out)])
+        return out[self.dist.rank::self.dist.world_size]
+
+    def _perm(self, n: int, epoch: int) -> list[int]:
+        cached = getattr(self, "_perm_cache", None)
+        if cached is None or cached[0] != (n, epoch):
+            g = torch.Generator().manual_seed(step_seed(self.ctx.seed, 0, epoch, "epoch"))
+            self._perm_cache = ((n, epoch), torch.randperm(n, generator=g).tolist())
+        return self._perm_cache[1]
+
+    # ---------------------------------------------------------- loop
+    def fit(self, train, step_fn: StepFn, val_fn: Callable[[nn.Module], float] | None = None) -> TrainResult:
+        cfg = self.cfg
+        self._step_fn = step_fn
+        if len(train) == 0:
+            raise CkmError("the train split is empty: pick a dataset with a train split (e.g. city)")
+        if self.dist.enabled:
+            init_distributed(self.device)
+        self.model.to(self.device)
+        step, history = self.try_resume()
+        result = TrainResult(steps_planned=cfg.steps, resumed_from=step or None, selected=cfg.select)
+        net = self._wrap(self.model)
+        t0 = time.perf_counter()
+        bar = self._progress(step)
+        window: list[float] = []
+        last_saved = step
+        try:
+            while step < cfg.steps:
+                if self.ctx.deadline is not None and time.monotonic() >= self.ctx.deadline:
+                    result.budget_reached = True
+                    log.info("%s: time budget reached at step %d of %d", self.name, step, cfg.steps)
+                    break
+                loss = self._one_step(net, train, step)
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"{self.name}: loss became {loss} at step {step + 1}; the last good checkpoint "
+                        f"(step {last_saved}) is kept in {self.state_dir}: lower lr (--set lr=...) or use --refit")
+                step += 1
+                window.append(loss)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4g}", lr=f"{self.scheduler.get_last_lr()[0]:.2g}")
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    history.append((step, float(np.mean(window))))
+                    window = []
+                if cfg.val_every and val_fn is not None and step % cfg.val_every == 0:
+                    self._validate(val_fn)
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                    self.save(step, history)
+                    last_saved = step
+        finally:
+            if bar is not None:
+                bar.close()
+        if window:
+            history.append((step, float(np.mean(window))))
+        if val_fn is not None and (not cfg.val_every or step % cfg.val_every):
+            self._validate(val_fn)
+        if step != last_saved:
+            self.save(step, history)
+        self._finalise()
+        result.steps_done = step
+        result.train_s = time.perf_counter() - t0
+        result.history = history
+        result.final_loss = history[-1][1] if history else None
+        result.best_val = self.best_val
+        return result
+
+    def _one_step(self, net: nn.Module, train, step: int) -> float:
+        cfg = self.cfg
+        seed = step_seed(self.ctx.seed, self.dist.rank, step)
+        torch.manual_seed(seed)  # dropout and any other global draws of this step
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        idx = self.batch_indices(len(train), step)
+        batch = move_batch(train.batch_at(idx, draw=step if cfg.fresh_degradations else None), self.device)
+        net.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, cfg.amp):
+            loss = self._step_fn(net, batch, gen)
+        value = float(loss.detach().float())
+        if not math.isfinite(value):
+            return value
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model, step)
+        return value
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        if not self.dist.enabled:
+            return model
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DDP(model, device_ids=ids)
+
+    def _progress(self, start: int):
+        if not self.ctx.progress or not self.dist.is_main:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.cfg.steps, initial=start, desc=f"train {self.name}", unit="step", dynamic_ncols=True)
+
+    def _eval_weights(self) -> nn.Module:
+        """The weights validation and prediction use: EMA when on, else the raw ones."""
+        if self.ema is None:
+            return self.model
+        m = copy.deepcopy(self.model)
+        self.ema.copy_to(m)
+        return m
+
+    def _validate(self, val_fn) -> None:
+        model = self._eval_weights()
+        model.eval()
+        with torch.no_grad():
+            value = float(val_fn(model))
+        log.info("%s: validation %.6g", self.name, value)
+        if math.isfinite(value) and (self.best_val is None or value < self.best_val):
+            self.best_val = value
+            if self.cfg.select == "best":
+                self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def _finalise(self) -> None:
+        """Leave the model holding the weights the paper scores: best or last (EMA if on)."""
+        if self.cfg.select == "best" and self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        elif self.ema is not None:
+            self.ema.copy_to(self.model)
+        self.model.eval()
