@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoints import load_checkpoint_file
 from .data.builtin import DEFAULT_DATASET
 from .data.registry import load_dataset
 from .errors import CkmError
@@ -256,7 +257,7 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         with PeakMemory(prep.device) as peak:
             t0 = time.perf_counter()
             if cfg.checkpoint:
-                method.load_state_dict(torch.load(cfg.checkpoint, map_location=prep.device, weights_only=True))
+                method.load_state_dict(load_checkpoint_file(cfg.checkpoint, map_location=prep.device))
             else:
                 record["fit"] = fit_method(
                     method, spec, version=version, train_task=prep.train_task, train_name=train_name,
