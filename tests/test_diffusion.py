@@ -16,6 +16,15 @@ from ckmbench.diffusion import GaussianDiffusion, ddim_timesteps, make_betas
 SHAPE = (2, 1, 4, 4)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster and does not fight a shared, busy CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _x0(dtype=torch.float64, seed=1):
     return torch.rand(SHAPE, generator=torch.Generator().manual_seed(seed), dtype=dtype) * 2 - 1
 
