@@ -7,19 +7,11 @@ import pytest
 import torch
 
 from ckmbench.diffusion import CGDM_PAPER_CONFIG, SR3UNet, cgdm_paper_unet
+from test_diffusion import _one_thread  # noqa: F401  (autouse: one intra-op thread in this module too)
 
 SMALL = dict(in_channels=2, out_channels=1, base=16, mults=(1, 2, 2), num_res_blocks=2, dropout=0.1,
              norm_groups=8, image_size=32)
 PAPER_COUNT = 221.21e6  # S2 Sec. V-B
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and does not fight a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _nparams(m: torch.nn.Module) -> int:
