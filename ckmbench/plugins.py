@@ -2,12 +2,17 @@
 
 pluggy does not isolate failures, so every entry point is loaded in its own try/except and
 every hook implementation is called separately: one broken plugin is recorded (and shown
-by ``ckmbench plugins``) and never stops the others.
+by ``ckmbench plugins``) and never stops the others — including one that calls
+``sys.exit`` or raises ``KeyboardInterrupt`` itself (only a real Ctrl-C stops the load).
+Built-ins (distribution ``ckmbench``) are loaded first and always keep their names: a
+plugin registering a taken name is reported and its item is not registered.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import traceback
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -20,6 +25,7 @@ from .errors import CkmError, unknown_name
 from .specs import DatasetSpec, MethodSpec, MetricSpec, TaskSpec
 
 GROUP = "ckmbench"
+BUILTIN_DISTRIBUTION = "ckmbench"
 KINDS = {
     "methods": ("ckmbench_register_methods", MethodSpec),
     "datasets": ("ckmbench_register_datasets", DatasetSpec),
@@ -80,8 +86,63 @@ def _disabled() -> set[str]:
     return {p.strip() for p in raw.split(",") if p.strip()}
 
 
+def _dist_name(ep) -> str:
+    return ep.dist.name if ep.dist else "?"
+
+
+def _load_order(ep) -> tuple[bool, str, str]:
+    """Built-ins first, then by distribution and entry-point name."""
+    return (_dist_name(ep) != BUILTIN_DISTRIBUTION, _dist_name(ep), ep.name)
+
+
 def _entry_points() -> list[metadata.EntryPoint]:
-    return sorted(metadata.entry_points(group=GROUP), key=lambda ep: (ep.dist.name if ep.dist else "", ep.name))
+    return sorted(metadata.entry_points(group=GROUP), key=_load_order)
+
+
+class _SigintWatch:
+    """Notes whether a real SIGINT (Ctrl-C) arrived while plugin code ran.
+
+    A ``KeyboardInterrupt`` raised by plugin code while no SIGINT arrived is the plugin's
+    failure, not the user's wish to stop. Outside the main thread no handler can be
+    installed, and no SIGINT can surface there either.
+    """
+
+    def __enter__(self):
+        self.received = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self._previous = signal.signal(signal.SIGINT, self._handle)
+            except (ValueError, OSError, TypeError):
+                self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = True
+        if callable(self._previous):
+            self._previous(signum, frame)  # Python's default handler raises KeyboardInterrupt
+        elif self._previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+def _isolated(info: PluginInfo, what: str, fn, *args, **kwargs) -> tuple[bool, object]:
+    """(True, fn(...)) or (False, None) with the failure recorded on ``info``: any
+    ``BaseException`` from plugin code (``SystemExit`` included), except a real Ctrl-C."""
+    with _SigintWatch() as watch:
+        try:
+            return True, fn(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            if watch.received:
+                raise
+            info.errors.append(f"{what}: {_short_error(exc)} raised by the plugin, not by Ctrl-C")
+        except BaseException as exc:  # noqa: BLE001 - a broken plugin is recorded, never fatal
+            info.errors.append(f"{what}: {_short_error(exc)}")
+    return False, None
 
 
 def _short_error(exc: BaseException) -> str:
@@ -97,24 +158,19 @@ def load_registry(extra_plugins: tuple[object, ...] = ()) -> Registry:
     disabled = _disabled()
     infos: list[PluginInfo] = []
     loaded: list[tuple[PluginInfo, object]] = []
-    sources = [(ep, None) for ep in _entry_points()] + [(None, obj) for obj in extra_plugins]
+    sources = [(ep, None) for ep in sorted(_entry_points(), key=_load_order)] + [(None, obj) for obj in extra_plugins]
     for ep, obj in sources:
         if ep is not None:
-            dist = ep.dist.name if ep.dist else "?"
-            info = PluginInfo(ep.name, dist, ep.dist.version if ep.dist else "?", ep.value)
+            info = PluginInfo(ep.name, _dist_name(ep), ep.dist.version if ep.dist else "?", ep.value)
         else:
             info = PluginInfo(getattr(obj, "__name__", repr(obj)), "(in-process)", "-", repr(obj))
         infos.append(info)
         if info.name in disabled or info.distribution in disabled:
             info.errors.append("disabled by CKMBENCH_DISABLE_PLUGINS")
             continue
-        try:
-            plugin = ep.load() if ep is not None else obj
-            pm.register(plugin, name=f"{info.distribution}:{info.name}")
-        except Exception as exc:  # a broken plugin is recorded, never fatal
-            info.errors.append(f"failed to load: {_short_error(exc)}")
-            continue
-        loaded.append((info, plugin))
+        ok, plugin = _isolated(info, "failed to load", lambda: ep.load() if ep is not None else obj)
+        if ok and _isolated(info, "failed to load", pm.register, plugin, name=f"{info.distribution}:{info.name}")[0]:
+            loaded.append((info, plugin))
 
     items: dict[str, dict[str, object]] = {k: {} for k in KINDS}
     owner: dict[tuple[str, str], PluginInfo] = {}
@@ -124,10 +180,7 @@ def load_registry(extra_plugins: tuple[object, ...] = ()) -> Registry:
             if impl is None:
                 continue
             collected: list = []
-            try:
-                impl(register=collected.append)
-            except Exception as exc:
-                info.errors.append(f"{hook_name} raised {_short_error(exc)}")
+            if not _isolated(info, f"{hook_name} raised", impl, register=collected.append)[0]:
                 continue
             for spec in collected:
                 if not isinstance(spec, spec_type):
@@ -135,11 +188,19 @@ def load_registry(extra_plugins: tuple[object, ...] = ()) -> Registry:
                     continue
                 if spec.name in items[kind]:
                     other = owner[(kind, spec.name)]
-                    info.errors.append(
+                    builtin_wins = info.distribution == BUILTIN_DISTRIBUTION != other.distribution
+                    loser, winner = (other, info) if builtin_wins else (info, other)
+                    loser.errors.append(
                         f"duplicate {kind[:-1]} name '{spec.name}': registered by both "
-                        f"{other.distribution} ({other.name}) and {info.distribution} ({info.name}); kept the first"
+                        f"{other.distribution} ({other.name}) and {info.distribution} ({info.name}); "
+                        + ("built-ins keep their names" if winner.distribution == BUILTIN_DISTRIBUTION
+                           else "kept the first") + f", {loser.distribution} ({loser.name}) not registered"
                     )
-                    continue
+                    if not builtin_wins:
+                        continue
+                    other.registered[kind].remove(spec.name)
+                    if not other.registered[kind]:
+                        del other.registered[kind]
                 items[kind][spec.name] = spec
                 owner[(kind, spec.name)] = info
                 info.registered.setdefault(kind, []).append(spec.name)

@@ -1,5 +1,7 @@
 """Plugin system: entry points, failure isolation, duplicates, disabling, third-party packages."""
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -7,6 +9,7 @@ import types
 
 import pytest
 
+from ckmbench import plugins as plugins_module
 from ckmbench.hookspecs import hookimpl
 from ckmbench.plugins import load_registry
 from ckmbench.specs import DatasetSpec, MethodSpec
@@ -55,6 +58,91 @@ def test_duplicate_names_name_both_sources():
     assert "duplicate method name 'dup'" in msg and "first" in msg and "second" in msg
 
 
+class FakeEntryPoint:
+    """An installed entry point of a distribution, as importlib.metadata gives it."""
+
+    def __init__(self, name, dist, load):
+        self.name, self.value, self._load = name, f"{name}_module", load
+        self.dist = types.SimpleNamespace(name=dist, version="6.6.6")
+
+    def load(self):
+        return self._load()
+
+
+def _with_entry_points(monkeypatch, *fakes):
+    """The real entry points plus ``fakes``, fakes first (as a name sorting before "ckmbench" would)."""
+    real = plugins_module._entry_points()
+    monkeypatch.setattr(plugins_module, "_entry_points", lambda: [*fakes, *real])
+
+
+def test_builtin_names_cannot_be_taken_over(monkeypatch):
+    impostor = MethodSpec(name="bilinear", factory=lambda p, h: None, tasks=("sr4",))
+    other = MethodSpec(name="impostor-own", factory=lambda p, h: None, tasks=("sr4",))
+    mod = _module("aaa_takeover", ckmbench_register_methods=lambda register: (register(impostor), register(other)))
+    _with_entry_points(monkeypatch, FakeEntryPoint("takeover", "aaa-takeover", lambda: mod))
+    reg = load_registry()
+    assert reg.method("bilinear") is not impostor
+    assert reg.distribution_of("methods", "bilinear")[0] == "ckmbench"
+    assert reg.distribution_of("methods", "impostor-own")[0] == "aaa-takeover"
+    info = next(p for p in reg.plugins if p.name == "takeover")
+    assert info.registered == {"methods": ["impostor-own"]}
+    assert any("duplicate method name 'bilinear'" in e and "aaa-takeover" in e and "not registered" in e
+               for e in info.errors)
+    assert next(p for p in reg.plugins if p.name == "baselines").errors == []
+
+
+def test_builtin_loaded_later_still_wins(monkeypatch):
+    """Whatever the load order, a built-in takes its name back from a third-party plugin."""
+    impostor = MethodSpec(name="toy-m", factory=lambda p, h: None, tasks=("sr4",))
+    real = MethodSpec(name="toy-m", factory=lambda p, h: None, tasks=("sr4",))
+    third = _module("third", ckmbench_register_methods=lambda register: register(impostor))
+    builtin = _module("builtin", ckmbench_register_methods=lambda register: register(real))
+    monkeypatch.setattr(plugins_module, "_load_order", lambda ep: 0)  # keep the order given
+    monkeypatch.setattr(plugins_module, "_entry_points", lambda: [
+        FakeEntryPoint("third", "aaa-third", lambda: third), FakeEntryPoint("builtin", "ckmbench", lambda: builtin)])
+    reg = load_registry()
+    assert reg.method("toy-m") is real and reg.distribution_of("methods", "toy-m")[0] == "ckmbench"
+    info = {p.name: p for p in reg.plugins}
+    assert info["third"].registered == {} and "not registered" in " ".join(info["third"].errors)
+    assert info["builtin"].errors == []
+
+
+def _exit(*a, **k):
+    sys.exit("plugin says bye")
+
+
+def _interrupt(*a, **k):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("failing", [_exit, _interrupt])
+def test_plugin_exiting_on_import_or_in_a_hook_is_recorded(monkeypatch, failing):
+    hooky = _module("hooky", ckmbench_register_methods=failing)
+    good = _module("good", ckmbench_register_datasets=lambda register: register(DatasetSpec("toy-ds", load=lambda **k: None)))
+    _with_entry_points(monkeypatch, FakeEntryPoint("exits", "aaa-exits", failing),
+                       FakeEntryPoint("hooky", "aaa-hooky", lambda: hooky))
+    reg = load_registry(extra_plugins=(good,))
+    errors = {p.name: " ".join(p.errors) for p in reg.plugins}
+    expected = "SystemExit" if failing is _exit else "KeyboardInterrupt"
+    assert "failed to load" in errors["exits"] and expected in errors["exits"]
+    assert "ckmbench_register_methods raised" in errors["hooky"] and expected in errors["hooky"]
+    assert "bilinear" in reg.names("methods") and "toy-ds" in reg.names("datasets")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_real_ctrl_c_during_plugin_load_still_stops(monkeypatch):
+    def slow_import():
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # the signal is delivered between bytecodes
+            pass
+        raise AssertionError("SIGINT not delivered")
+
+    _with_entry_points(monkeypatch, FakeEntryPoint("slow", "aaa-slow", slow_import))
+    with pytest.raises(KeyboardInterrupt):
+        load_registry()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_disable_plugins_by_name(monkeypatch):
     monkeypatch.setenv("CKMBENCH_DISABLE_PLUGINS", "baselines")
     reg = load_registry()
@@ -89,6 +177,7 @@ def test_third_party_dataset_plugin_is_listed(tmp_path):
         version = "3.1.4"
         [project.entry-points.ckmbench]
         toydata = "ckmbench_toydata"
+        toyexit = "ckmbench_toydata.exits"
         [tool.setuptools]
         packages = ["ckmbench_toydata"]
     """))
@@ -104,6 +193,7 @@ def test_third_party_dataset_plugin_is_listed(tmp_path):
         def ckmbench_register_datasets(register):
             register(DatasetSpec(name="toy-city", load=load, description="a third-party dataset"))
     """))
+    (pkg / "ckmbench_toydata" / "exits.py").write_text("import sys\nsys.exit('a plugin must not end the command')\n")
     site = tmp_path / "site"
     _install_package(pkg, site)
     env = {**__import__("os").environ, "PYTHONPATH": str(site)}
@@ -111,6 +201,7 @@ def test_third_party_dataset_plugin_is_listed(tmp_path):
     assert out.returncode == 0, out.stderr
     line = next(l for l in out.stdout.splitlines() if l.startswith("toydata"))
     assert "ckmbench-toydata" in line and "3.1.4" in line and "toy-city" in line
+    assert "SystemExit" in next(l for l in out.stdout.splitlines() if l.startswith("toyexit"))
     listed = subprocess.run([sys.executable, "-m", "ckmbench.cli", "list", "datasets"], env=env,
                             capture_output=True, text=True)
     assert "toy-city" in listed.stdout and "ckmbench-toydata" in listed.stdout
