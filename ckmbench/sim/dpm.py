@@ -35,6 +35,9 @@ from ..errors import CkmError
 from .scene import Scene
 
 C_LIGHT = 299_792_458.0
+# Bumped whenever the same inputs give different maps (part of the dataset cache key).
+# 2: stable sorts, so equally scored paths are picked alike on every numpy and CPU.
+MODEL_VERSION = "2"
 FLOOR_DB = -147.0
 CEIL_DB = -47.0
 
@@ -391,7 +394,7 @@ class PreparedLayout:
             ca = np.where(ok, ca, inf).reshape(-1, k)
             ct = np.broadcast_to(self.cc_ang[:, None, :], ok.shape).reshape(-1, k)
             score = n_exp * np.log10(np.maximum(cl, 1e-3)) + ca
-            sel = np.argsort(score, axis=0)[:m]  # (m, K)
+            sel = np.argsort(score, axis=0, kind="stable")[:m]  # (m, K); stable: ties break by index on every CPU and numpy
             cols = np.arange(k)[None, :]
             frontier = (cl[sel, cols].T, ca[sel, cols].T, ct[sel, cols].T)
             all_l.append(frontier[0]); all_a.append(frontier[1]); all_t.append(frontier[2])
@@ -399,7 +402,7 @@ class PreparedLayout:
         loss = np.concatenate(all_a, 1)
         ang = np.concatenate(all_t, 1)
         score = n_exp * np.log10(np.maximum(length, 1e-3)) + loss
-        sel = np.argsort(score, axis=1)[:, :m]
+        sel = np.argsort(score, axis=1, kind="stable")[:, :m]
         rows = np.arange(k)[:, None]
         return length[rows, sel], loss[rows, sel], ang[rows, sel]
 
