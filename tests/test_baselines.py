@@ -60,6 +60,60 @@ def test_baselines_are_registered_through_the_entry_point():
 
 
 CASES = [(m, t) for m, spec in SPECS.items() if m != "simulator" for t in spec.tasks]
+# The RMSE each baseline reaches on SAMPLES, measured with the reviewed implementation. A
+# broken interpolator (a sample off by one pixel, wrong weights, a wrong kernel) loses far
+# more than the margin: 15 % + 0.001 absorbs only float and library-version differences.
+REFERENCE_RMSE = {  # measured on SAMPLES (envgen: one sample with a building and a car)
+    "nearest": {
+        "sr2": 0.00932, "sr4": 0.01574, "sr8": 0.03152, "sr16": 0.06487, "sr2-noisy": 0.11312, "sr4-noisy": 0.11671,
+        "sr8-noisy": 0.10382, "sr16-noisy": 0.13564, "sr2-envcf": 0.00947, "sr4-envcf": 0.01591,
+        "sr8-envcf": 0.03167, "sr16-envcf": 0.06496, "zeroshot-sr2": 0.00932, "zeroshot-sr8": 0.03152,
+        "zeroshot-sr16": 0.06487, "inpaint": 0.11633, "sparse": 0.04147,
+    },
+    "bilinear": {
+        "sr2": 0.00292, "sr4": 0.00942, "sr8": 0.02653, "sr16": 0.06210, "sr2-noisy": 0.08686, "sr4-noisy": 0.08558,
+        "sr8-noisy": 0.08368, "sr16-noisy": 0.12887, "sr2-envcf": 0.00252, "sr4-envcf": 0.00972,
+        "sr8-envcf": 0.02673, "sr16-envcf": 0.06221, "zeroshot-sr2": 0.00292, "zeroshot-sr8": 0.02653,
+        "zeroshot-sr16": 0.06210, "inpaint": 0.11540, "sparse": 0.03476,
+    },
+    "bicubic": {
+        "sr2": 0.00209, "sr4": 0.00770, "sr8": 0.02455, "sr16": 0.06328, "sr2-noisy": 0.09409, "sr4-noisy": 0.09868,
+        "sr8-noisy": 0.09139, "sr16-noisy": 0.13096, "sr2-envcf": 0.00164, "sr4-envcf": 0.00800,
+        "sr8-envcf": 0.02474, "sr16-envcf": 0.06338, "zeroshot-sr2": 0.00209, "zeroshot-sr8": 0.02455,
+        "zeroshot-sr16": 0.06328, "inpaint": 0.12631, "sparse": 0.03295,
+    },
+    "idw": {
+        "sr2": 0.00509, "sr4": 0.01416, "sr8": 0.03403, "sr16": 0.05468, "sr2-noisy": 0.03904, "sr4-noisy": 0.04328,
+        "sr8-noisy": 0.06700, "sr16-noisy": 0.11235, "sr2-envcf": 0.00490, "sr4-envcf": 0.01443,
+        "sr8-envcf": 0.03420, "sr16-envcf": 0.05481, "zeroshot-sr2": 0.00509, "zeroshot-sr8": 0.03403,
+        "zeroshot-sr16": 0.05468, "inpaint": 0.03802, "sparse": 0.03218, "denoise": 0.03770,
+    },
+    "knn": {
+        "sr2": 0.00747, "sr4": 0.02071, "sr8": 0.04914, "sr16": 0.06063, "sr2-noisy": 0.04285, "sr4-noisy": 0.04483,
+        "sr8-noisy": 0.07150, "sr16-noisy": 0.10702, "sr2-envcf": 0.00747, "sr4-envcf": 0.02093,
+        "sr8-envcf": 0.04928, "sr16-envcf": 0.06077, "zeroshot-sr2": 0.00747, "zeroshot-sr8": 0.04914,
+        "zeroshot-sr16": 0.06063, "inpaint": 0.04159, "sparse": 0.05851, "denoise": 0.04040,
+    },
+    "rbf": {
+        "sr2": 0.00167, "sr4": 0.00600, "sr8": 0.01912, "sr16": 0.08746, "sr2-noisy": 0.04624, "sr4-noisy": 0.05513,
+        "sr8-noisy": 0.07016, "sr16-noisy": 0.18586, "sr2-envcf": 0.00113, "sr4-envcf": 0.00637,
+        "sr8-envcf": 0.01936, "sr16-envcf": 0.08754, "zeroshot-sr2": 0.00167, "zeroshot-sr8": 0.01912,
+        "zeroshot-sr16": 0.08746, "inpaint": 0.04793, "sparse": 0.02581, "denoise": 0.04691,
+    },
+    "kriging": {
+        "sr2": 0.00257, "sr4": 0.01165, "sr8": 0.03730, "sr16": 0.05273, "sr2-noisy": 0.04373, "sr4-noisy": 0.05150,
+        "sr8-noisy": 0.06305, "sr16-noisy": 0.10806, "sr2-envcf": 0.00223, "sr4-envcf": 0.01192,
+        "sr8-envcf": 0.03746, "sr16-envcf": 0.05287, "zeroshot-sr2": 0.00257, "zeroshot-sr8": 0.03730,
+        "zeroshot-sr16": 0.05273, "inpaint": 0.04444, "sparse": 0.03440, "denoise": 0.04929,
+    },
+    "pathloss": {
+        "sr2": 0.00523, "sr4": 0.01752, "sr8": 0.03666, "sr16": 0.05264, "sr2-noisy": 0.05968, "sr4-noisy": 0.03781,
+        "sr8-noisy": 0.05750, "sr16-noisy": 0.14457, "zeroshot-sr2": 0.00523, "zeroshot-sr8": 0.03666,
+        "zeroshot-sr16": 0.05264, "inpaint": 0.11276, "sparse": 0.04061, "denoise": 0.01410,
+    },
+    "distance": {"envgen-static": 0.04212, "envgen-dynamic": 0.04212},
+}
+RMSE_MARGIN = (1.15, 0.001)
 
 
 @pytest.mark.parametrize("method, task", CASES)
@@ -72,9 +126,8 @@ def test_output_contract(method, task):
     obs, pred, target, _ = run(method, task, samples)
     assert pred.shape == target.shape and pred.dtype == torch.float32
     assert torch.isfinite(pred).all() and pred.min() >= 0 and pred.max() <= 1
-    if "sr16" not in task:  # 2 x 2 samples of a 32 x 32 map are too few for an accuracy bound
-        # no worse than twice the error of predicting the mean everywhere
-        assert rmse(pred, target) < 2 * rmse(torch.full_like(target, float(target.mean())), target) + 0.02
+    scale, slack = RMSE_MARGIN
+    assert rmse(pred, target) <= scale * REFERENCE_RMSE[method][task] + slack
 
 
 @pytest.mark.parametrize("method", INTERPOLATORS)
