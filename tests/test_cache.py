@@ -60,3 +60,57 @@ def test_merge_of_shards_equals_full():
     merged = cache.merge_datasets("toy", parts)
     assert merged.content_hash == full.content_hash
     assert {k: sorted(v) for k, v in merged.splits.items()} == {k: sorted(v) for k, v in full.splits.items()}
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temp_folders_of_killed_builds_are_swept(tmp_path, monkeypatch):
+    """A build killed mid-save left a temp folder nothing removed; a live owner's stays."""
+    import os
+
+    monkeypatch.setenv("CKMBENCH_DATA", str(tmp_path))
+    folder = cache.entry_dir("toy", {"a": 1})
+    dead = tmp_path / f".{folder.name}.tmp-{_dead_pid()}-abc"
+    live = tmp_path / f".{folder.name}.tmp-{os.getppid()}-def"
+    for d in (dead, live):
+        d.mkdir(parents=True)
+        (d / "arrays.npz").write_bytes(b"x" * 1000)
+    cache.cached("toy", {"a": 1}, toy)
+    assert not dead.exists() and live.exists()
+
+
+def test_killed_city_build_resumes_from_the_scenes_made(tmp_path, monkeypatch):
+    from ckmbench.data import synthetic
+
+    monkeypatch.setenv("CKMBENCH_DATA", str(tmp_path))
+    cfg = dict(size=16, pixel_m=2.0, n_scenes=5, tx_per_scene=2, cars=False, seed=3)
+    real = synthetic.build_scene
+    built = []
+
+    def dies_after_three(index, *args, **kw):
+        if len(built) == 3:
+            raise KeyboardInterrupt("killed")  # as a kill mid-build
+        built.append(index)
+        return real(index, *args, **kw)
+
+    monkeypatch.setattr(synthetic, "build_scene", dies_after_three)
+    build = lambda work: synthetic.build_city_dataset("toy-city", **cfg, workers=1, progress=False, work_dir=work)
+    try:
+        cache.cached("toy-city", cfg, build, resumable=True)
+    except KeyboardInterrupt:
+        pass
+    assert built == [0, 1, 2]
+    built.clear()
+    monkeypatch.setattr(synthetic, "build_scene", lambda index, *a, **kw: built.append(index) or real(index, *a, **kw))
+    resumed = cache.cached("toy-city", cfg, build, resumable=True)
+    assert built == [3, 4]  # only the scenes the killed build had not made
+    fresh = synthetic.build_city_dataset("toy-city", **cfg, workers=1, progress=False)
+    assert resumed.content_hash == fresh.content_hash
+    assert not cache.entry_dir("toy-city", cfg).with_name(cache.entry_dir("toy-city", cfg).name + ".work").exists()

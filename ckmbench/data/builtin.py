@@ -48,14 +48,16 @@ def load_city(name: str, root=None, progress: bool = True, shard: tuple[int, int
     """A synthetic city dataset (cached). With ``shard=(i, n)`` only scenes i, i+n, ... are built."""
     from .synthetic import build_city_dataset
 
-    def build():
+    def build(work_dir):
         if shard is None:
             merged = _merge_complete_shards(name)
             if merged is not None:
                 return merged
-        return build_city_dataset(name=name, **CITY_CONFIGS[name], workers=workers, progress=progress, shard=shard)
+        return build_city_dataset(name=name, **CITY_CONFIGS[name], workers=workers, progress=progress, shard=shard,
+                                  work_dir=work_dir)
 
-    return cached(name, _city_key(name, shard), build, force=force)
+    # scenes are kept in <entry>.work as they finish: a killed build resumes where it stopped
+    return cached(name, _city_key(name, shard), build, force=force, resumable=True)
 
 
 def _merge_complete_shards(name: str):

@@ -2,7 +2,8 @@
 
 Layout: ``$CKMBENCH_DATA/<name>-<key12>/`` holding ``arrays.npz`` and ``meta.json``. The
 folder is built under a temporary name and renamed into place, so a crash never leaves a
-half-written entry under the final name. ``meta.json`` stores the sha256 of the npz file
+half-written entry under the final name; temporary folders left by a killed build (their
+owner pid is dead) are swept on the next build. ``meta.json`` stores the sha256 of the npz file
 and the dataset's content hash; both are checked on load, and an entry that fails either
 check is reported and rebuilt, never used.
 """
@@ -15,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -54,7 +56,7 @@ def _file_sha256(path: Path) -> str:
 def save_entry(folder: Path, ds: MapDataset, config: dict) -> None:
     """Write ``ds`` to ``folder`` atomically (temp folder + rename)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-{os.getpid()}-"))
     try:
         arrays = {k: getattr(ds, k) for k in ARRAYS}
         arrays["scene"] = np.asarray(ds.scene).astype(str)
@@ -104,22 +106,58 @@ def load_entry(folder: Path) -> MapDataset:
     return ds
 
 
-def cached(name: str, config: dict, build: Callable[[], MapDataset], force: bool = False) -> MapDataset:
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_temp(folder: Path) -> list[Path]:
+    """Remove the temporary build folders of ``folder`` whose owner process is dead (a killed
+    build); called under the entry's lock, so no live build of this entry owns them."""
+    removed = []
+    for tmp in folder.parent.glob(f".{folder.name}.tmp-*"):
+        pid_text = tmp.name[len(f".{folder.name}.tmp-"):].split("-", 1)[0]
+        owner = int(pid_text) if pid_text.isdigit() else None
+        if owner is not None and owner != os.getpid() and _pid_alive(owner):
+            continue
+        if owner is None and time.time() - tmp.stat().st_mtime < 3600:
+            continue  # an old-style name: only once it is clearly abandoned
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp)
+    if removed:
+        log.info("removed %d stale temporary folder(s) of %s", len(removed), folder.name)
+    return removed
+
+
+def cached(name: str, config: dict, build: Callable[..., MapDataset], force: bool = False,
+           resumable: bool = False) -> MapDataset:
     """The dataset for (name, config): from the cache when valid, else built and stored.
 
     A lock per entry makes concurrent runs build it once; an invalid entry is logged and
-    rebuilt.
+    rebuilt. ``resumable``: ``build(work_dir)`` gets a work folder that survives a killed
+    build (``<entry>.work``) and is removed once the entry is saved.
     """
     folder = entry_dir(name, config)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock", timeout=3600):
+        sweep_stale_temp(folder)
         if folder.exists() and not force:
             try:
                 return load_entry(folder)
             except ValueError as exc:
                 log.warning("dataset cache for '%s' is invalid (%s); rebuilding it", name, exc)
-        ds = build()
+        work = folder.with_name(folder.name + ".work")
+        if force and work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+        ds = build(work) if resumable else build()
         save_entry(folder, ds, config)
+        if resumable:
+            shutil.rmtree(work, ignore_errors=True)
         return ds
 
 

@@ -8,12 +8,23 @@ layout, the cars and the transmitters, so
   transmitters always avoid the cars), which makes static -> dynamic transfer meaningful;
 * ``shard=(i, n)`` builds the scenes with index % n == i, and the shards' union is the
   full dataset (splits are drawn over all scene ids, then restricted to the shard).
+
+With a ``work_dir`` every finished scene is kept there as its own file, so a build that was
+killed resumes from the scenes already made. Pool workers die with the process that started
+them (they never outlive a ``kill -9`` of ``data generate``).
 """
 
 from __future__ import annotations
 
+import ctypes
+import io
 import os
+import signal
+import sys
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -48,10 +59,74 @@ def _build_scene_args(args):
     return build_scene(*args)
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Pool initializer: the worker is killed when its parent dies, even by SIGKILL.
+
+    Linux: prctl(PR_SET_PDEATHSIG, SIGKILL); everywhere: a watchdog thread that exits once the
+    parent pid is gone (re-parented), for systems without prctl.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+    threading.Thread(target=watch, name="ckmbench-parent-watch", daemon=True).start()
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """A process pool whose workers die with this process."""
+    return ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent, initargs=(os.getpid(),))
+
+
+def _scene_file(work_dir: Path, index: int) -> Path:
+    return work_dir / f"{scene_id(index)}.npz"
+
+
+def _save_scene(work_dir: Path, res: dict) -> None:
+    """One finished scene, written atomically (temp name + rename) into the work folder."""
+    buf = io.BytesIO()
+    np.savez(buf, index=res["index"], buildings=res["buildings"], cars=res["cars"],
+             txs=np.asarray(res["txs"], np.float64), gain_db=res["gain_db"])
+    path = _scene_file(work_dir, res["index"])
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
+
+
+def _load_scene(work_dir: Path, index: int) -> dict | None:
+    path = _scene_file(work_dir, index)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            res = {k: z[k] for k in ("index", "buildings", "cars", "txs", "gain_db")}
+    except Exception:  # a damaged file is built again
+        return None
+    res["index"] = int(res["index"])
+    res["txs"] = [tuple(float(v) for v in t) for t in res["txs"]]
+    return res if res["index"] == index else None
+
+
 def build_city_dataset(name: str, size: int, pixel_m: float, n_scenes: int, tx_per_scene: int, cars: bool,
                        seed: int, workers: int = 0, progress: bool = True,
-                       shard: tuple[int, int] | None = None, params: DPMParams | None = None) -> MapDataset:
-    """Build the synthetic city dataset (scene-level splits, gain range (-147, -47) dB)."""
+                       shard: tuple[int, int] | None = None, params: DPMParams | None = None,
+                       work_dir: Path | None = None) -> MapDataset:
+    """Build the synthetic city dataset (scene-level splits, gain range (-147, -47) dB).
+
+    ``work_dir``: keep each finished scene there and reuse the scenes found there (resume).
+    """
     if n_scenes < 1 or tx_per_scene < 1:
         raise CkmError(f"dataset '{name}': n_scenes and tx_per_scene must be >= 1, got {n_scenes}, {tx_per_scene}")
     if shard is not None:
@@ -64,21 +139,34 @@ def build_city_dataset(name: str, size: int, pixel_m: float, n_scenes: int, tx_p
     if not indices:
         raise CkmError(f"dataset '{name}': shard {shard} holds no scene of {n_scenes}; use fewer shards")
     workers = (os.cpu_count() or 1) if workers == 0 else int(workers)
-    jobs = [(k, size, pixel_m, tx_per_scene, cars, seed, params) for k in indices]
-    bar = tqdm(total=len(jobs), desc=f"{name} scenes", unit="scene", disable=not progress)
-    results = []
+    done: dict[int, dict] = {}
+    if work_dir is not None:
+        work_dir = Path(work_dir)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        for k in indices:
+            res = _load_scene(work_dir, k)
+            if res is not None:
+                done[k] = res
+    jobs = [(k, size, pixel_m, tx_per_scene, cars, seed, params) for k in indices if k not in done]
+    bar = tqdm(total=len(indices), initial=len(done), desc=f"{name} scenes", unit="scene", disable=not progress)
+
+    def keep(res: dict) -> None:
+        if work_dir is not None:
+            _save_scene(work_dir, res)
+        done[res["index"]] = res
+        bar.update()
+
     try:
-        if workers <= 1 or len(jobs) == 1:
+        if workers <= 1 or len(jobs) <= 1:
             for job in jobs:
-                results.append(_build_scene_args(job))
-                bar.update()
+                keep(_build_scene_args(job))
         else:
-            with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+            with worker_pool(min(workers, len(jobs))) as pool:
                 for res in pool.map(_build_scene_args, jobs, chunksize=max(1, len(jobs) // (8 * workers))):
-                    results.append(res)
-                    bar.update()
+                    keep(res)
     finally:
         bar.close()
+    results = [done[k] for k in indices]
     t = tx_per_scene
     n = len(results) * t
     gain = np.empty((n, size, size), np.float32)
