@@ -108,10 +108,13 @@ class TrainConfig:
             raise CkmError("bad training hyper-parameters: " + "; ".join(bad) + ": fix them with --set key=value")
 
     def fingerprint(self) -> str:
-        """What a resumed state must agree on (everything but checkpoint/log cadence)."""
+        """What a resumed state must agree on (everything but cadence, and the length when the
+        learning-rate schedule does not depend on it)."""
         d = asdict(self)
         for k in ("checkpoint_every", "log_every"):
             d.pop(k)
+        if self.lr_schedule in ("constant", "step"):
+            d.pop("steps")  # the schedule does not depend on the length: training may be extended
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -131,6 +131,7 @@ class SRDiffusion(Method):
     def fit(self, train, val, task, ctx) -> None:
         check_sr(self.name, task)
         cfg = TrainConfig.from_hparams(self.hparams)
+        self.net = seeded_build(self.build_net, ctx.seed)
         trainer = Trainer(self.net, cfg, ctx, name="unet")
         result = trainer.fit(train, self.loss, self.validation_fn(val, cfg.batch_size))
         report_fit(ctx, result, variant=self.variant())
@@ -199,6 +200,13 @@ def upsample_on_device(y: torch.Tensor, out_shape: tuple[int, int], factor: int,
         _UPSAMPLERS[key] = (rows, cols)
     rows, cols = _UPSAMPLERS[key]
     return rows @ y.float() @ cols.T
+
+
+def seeded_build(build, seed: int):
+    """Build a network with its initial weights drawn from ``seed`` alone (not the global RNG's history)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return build()
 
 
 def check_sr(name: str, task) -> None:

@@ -1,0 +1,245 @@
+"""CGDM, CDiff and LiCGDM at the tiny profile, their paper-profile sizes, and LiCGDM's knapsack."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+
+from ckmbench.data.registry import load_dataset
+from ckmbench.errors import CkmError
+from ckmbench.method import RunContext, TaskData
+from ckmbench.metrics.cost import count_parameters
+from ckmbench.plugins import registry
+from ckmbench.runner import RunConfig, run
+from ckmbench_plugins.baselines.grid import upsample_grid
+from ckmbench_plugins.diffusion import CGDM_PAPER, CGDM_SMALL, CDIFF_PAPER, LICGDM_TINY
+from ckmbench_plugins.diffusion.licgdm import knapsack_min_value
+from ckmbench_plugins.diffusion.srdiff import upsample_on_device
+
+DATASET = "city-tiny"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def reg():
+    return registry()
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset(DATASET, progress=False)
+
+
+def method_and_task(reg, name, task_name, **over):
+    spec = reg.method(name)
+    ts = reg.task(task_name)
+    return spec.factory("tiny", {**spec.profiles["tiny"], **over}), ts.make(**ts.params)
+
+
+def fit_tiny(reg, data, name, task_name, tmp_path, **over):
+    method, task = method_and_task(reg, name, task_name, **over)
+    ctx = RunContext(seed=0, profile="tiny", progress=False, fit_dir=tmp_path / name)
+    train = TaskData(data.split("train"), task, 0)
+    val = TaskData(data.split("val"), task, 0)
+    method.fit(train, val, task, ctx)
+    return method, task, ctx
+
+
+@pytest.mark.parametrize("name,task_name", [("cgdm", "sr4"), ("cdiff", "sr4-envcf"), ("cgdm", "sr4-noisy")])
+def test_fit_then_predict_shapes_range_and_seeded_determinism(reg, data, tmp_path, name, task_name):
+    method, task, ctx = fit_tiny(reg, data, name, task_name, tmp_path)
+    assert ctx.extras["fit"]["steps_done"] == method.hparams["steps"]
+    obs, target, _ = TaskData(data.split("test"), task, 0).batch_at(range(3))
+    a = method.predict(obs, ctx)
+    assert a.shape == target.shape and a.dtype == torch.float32
+    assert float(a.min()) >= 0 and float(a.max()) <= 1
+    assert torch.equal(a, method.predict(obs, ctx))
+    other = method.predict(obs, RunContext(seed=1, progress=False))
+    assert not torch.equal(a, other)  # the sampling noise comes from the run seed
+    again, _, _ = fit_tiny(reg, data, name, task_name, tmp_path / "again")
+    assert all(torch.equal(x, y) for x, y in zip(method.state_dict()["net"].values(),
+                                                 again.state_dict()["net"].values()))
+
+
+def test_loss_falls_on_a_fixed_batch(reg, data):
+    method, task = method_and_task(reg, "cgdm", "sr4")
+    batch = TaskData(data.split("train"), task, 0).batch_at(range(8))
+    opt = torch.optim.Adam(method.net.parameters(), lr=2e-3)
+
+    def fixed_loss():
+        g = torch.Generator().manual_seed(0)
+        return method.loss(method.net, batch, g)
+
+    method.net.eval()  # no dropout: the loss of the fixed (t, noise) draw is comparable
+    start = float(fixed_loss().detach())
+    for _ in range(40):
+        opt.zero_grad()
+        fixed_loss().backward()
+        opt.step()
+    assert float(fixed_loss().detach()) < 0.5 * start
+
+
+def test_upsampling_on_the_device_matches_the_bicubic_baseline():
+    y = torch.rand(2, 1, 8, 8, dtype=torch.float32)
+    for f, mode, offset in [(4, "subsample", 0.0), (2, "avg", 0.5), (8, "subsample", 0.0)]:
+        ref = upsample_grid(y, (32, 32), f, offset, mode="bicubic", edge="edge").float()
+        got = upsample_on_device(y, (32, 32), f, mode)
+        assert torch.allclose(got, ref, atol=1e-5)
+
+
+def test_predict_pads_maps_the_unet_cannot_divide(reg, data, tmp_path):
+    method, task, ctx = fit_tiny(reg, data, "cgdm", "sr4", tmp_path)
+    obs, target, _ = TaskData(data.split("test"), task, 0).batch_at(range(2))
+    obs.y, obs.out_shape = obs.y[..., :7, :7], (27, 27)  # 27 is odd: padded to 28, cropped back
+    assert method.predict(obs, ctx).shape == (2, 1, 27, 27)
+
+
+def test_zero_shot_and_repeat_runs_reuse_the_sr4_fit(tmp_path, reg):
+    common = dict(method="cgdm", dataset=DATASET, profile="tiny", runs_dir=str(tmp_path / "runs"),
+                  store=str(tmp_path / "store.jsonl"), progress=False, max_test=4, examples=0)
+    first = run(RunConfig(task="sr4", **common), reg)
+    assert first["status"] == "done", first["message"]
+    assert first["fit"]["source"] == "trained" and first["fit"]["steps_done"] == 12
+    assert first["cost"]["train_steps"] == 12
+    shot = run(RunConfig(task="zeroshot-sr8", **common), reg)
+    assert shot["status"] == "done", shot["message"]
+    assert shot["fit"]["source"] == "cache" and shot["fit"]["key"] == first["fit"]["key"]
+    # a new sampler setting is a prediction-only change: same fit
+    resampled = run(RunConfig(task="sr4", hparams={"sample_steps": 2}, **common), reg)
+    assert resampled["fit"]["source"] == "cache" and resampled["cost"]["sampling_steps"] == 2
+    refit = run(RunConfig(task="sr4", refit=True, **common), reg)
+    assert refit["fit"]["source"] == "trained"
+    assert refit["metrics"] == first["metrics"]  # same seed, same fit, same sampling noise
+    other_steps = run(RunConfig(task="sr4", hparams={"steps": 6}, **common), reg)
+    assert other_steps["fit"]["key"] != first["fit"]["key"] and other_steps["fit"]["steps_done"] == 6
+
+
+def test_time_budget_scores_what_was_trained(tmp_path, reg):
+    rec = run(RunConfig(method="cgdm", task="sr4", dataset=DATASET, profile="tiny", runs_dir=str(tmp_path / "r"),
+                        store=str(tmp_path / "s.jsonl"), progress=False, max_test=2, examples=0,
+                        time_budget_s=1e-3, hparams={"steps": 10_000}), reg)
+    assert rec["status"] == "done", rec["message"]
+    assert rec["fit"]["budget_reached"] is True and rec["fit"]["steps_done"] < 10_000
+    assert rec["metrics"]["psnr"] is not None
+
+
+def test_licgdm_prunes_at_least_35_percent_and_records_both_counts(tmp_path, reg):
+    common = dict(dataset=DATASET, profile="tiny", runs_dir=str(tmp_path / "runs"), store=str(tmp_path / "s.jsonl"),
+                  progress=False, max_test=2, examples=0)
+    rec = run(RunConfig(method="licgdm", task="sr4", **common), reg)
+    assert rec["status"] == "done", rec["message"]
+    fit = rec["fit"]
+    assert fit["params_after"] <= 0.65 * fit["params_before"]
+    assert rec["cost"]["params"] == fit["params_after"]
+    assert fit["pruned"] and set(fit["layer_values"]) >= set(fit["pruned"])
+    # the teacher came from (and is now in) the fit cache: cgdm scores from it without training
+    cgdm = run(RunConfig(method="cgdm", task="sr4", **common), reg)
+    assert cgdm["fit"]["source"] == "cache" and cgdm["cost"]["params"] == fit["params_before"]
+    # the pruned weights reload from the cache into a pruned network
+    again = run(RunConfig(method="licgdm", task="sr4", **common), reg)
+    assert again["fit"]["source"] == "cache" and again["metrics"] == rec["metrics"]
+
+
+def test_licgdm_resumes_its_finetuning_after_a_crash(tmp_path, reg, data, monkeypatch):
+    """A crash mid fine-tuning, then the same fit again: same weights as one uninterrupted fit."""
+    from ckmbench.fitting import fit_method
+    from ckmbench.training import Trainer
+
+    spec = reg.method("licgdm")
+    ts = reg.task("sr4")
+    task = ts.make(**ts.params)
+    train = TaskData(data.split("train"), task, 0)
+    val = TaskData(data.split("val"), task, 0)
+
+    def fit(root, crash_at=None):
+        monkeypatch.setenv("CKMBENCH_FITS", str(root))
+        method = spec.factory("tiny", dict(LICGDM_TINY))
+        ctx = RunContext(seed=0, profile="tiny", progress=False)
+        fit_method(method, spec, version="t", train_task=task, train_name=DATASET, train_hash="h", profile="tiny",
+                   hparams=dict(LICGDM_TINY), seed=0, train=train, val=val, ctx=ctx, registry=reg)
+        return method
+
+    whole = fit(tmp_path / "a")
+    original = Trainer._one_step
+    calls = {"n": 0}
+
+    def crashing(self, net, train_, step):
+        if self.name == "student":
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise RuntimeError("simulated crash")
+        return original(self, net, train_, step)
+
+    monkeypatch.setattr(Trainer, "_one_step", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(tmp_path / "b")
+    monkeypatch.setattr(Trainer, "_one_step", original)
+    resumed = fit(tmp_path / "b")
+    assert resumed.pruned == whole.pruned
+    assert all(torch.equal(x, y) for x, y in zip(whole.state_dict()["net"].values(),
+                                                 resumed.state_dict()["net"].values()))
+
+
+def test_knapsack_matches_brute_force():
+    g = torch.Generator().manual_seed(0)
+    for trial in range(30):
+        n = 2 + trial % 8
+        values = torch.rand(n, generator=g).tolist()
+        weights = torch.randint(1, 1000, (n,), generator=g).tolist()
+        need = int(0.35 * sum(weights))
+        items, value, freed = knapsack_min_value(values, weights, need)
+        best = min((sum(values[i] for i in c), c) for r in range(n + 1)
+                   for c in itertools.combinations(range(n), r) if sum(weights[i] for i in c) >= need)
+        assert value == pytest.approx(best[0]) and freed >= need
+        assert sum(values[i] for i in items) == pytest.approx(value)
+    with pytest.raises(CkmError, match="prune_fraction"):
+        knapsack_min_value([1.0], [10], 11)
+
+
+def test_paper_profiles_match_the_papers_parameter_counts(reg):
+    from ckmbench.diffusion import SR3UNet
+
+    def count(hp):
+        with torch.device("meta"):
+            net = SR3UNet(2 * hp["image_channels"], hp["image_channels"], base=hp["base"], mults=hp["mults"],
+                          num_res_blocks=hp["num_res_blocks"], attn_resolutions=hp["attn_resolutions"],
+                          image_size=hp["image_size"])
+        return count_parameters(net)
+
+    cgdm = count(CGDM_PAPER)
+    assert abs(cgdm - 221.21e6) / 221.21e6 < 0.15
+    assert abs(cgdm - 221.21e6) / 221.21e6 < 0.005  # the structure of S2 Fig. 3 lands within 0.5 %
+    assert count(CDIFF_PAPER) == cgdm  # same architecture (S0 gives none), at 256^2
+    assert CGDM_PAPER["T"] == 1000 and CGDM_PAPER["beta_start"] == 1e-6 and CGDM_PAPER["beta_end"] == 1e-2
+    assert CGDM_PAPER["lr"] == 5e-5 and CGDM_PAPER["batch_size"] == 16 and CGDM_PAPER["steps"] == 500_000
+    assert CGDM_PAPER["ema_decay"] == 0.9999 and CGDM_PAPER["ema_start"] == 5000 and CGDM_PAPER["select"] == "last"
+    assert not CGDM_PAPER["residual"] and CGDM_PAPER["crop"] is None and CGDM_PAPER["sampler"] == "ancestral"
+    small = count(CGDM_SMALL)
+    assert 0.5e6 < small < 3e6
+
+
+def test_licgdm_refuses_an_architecture_other_than_its_teacher(tmp_path, reg, data):
+    method, task = method_and_task(reg, "licgdm", "sr4", base=4)
+    teacher, _ = method_and_task(reg, "cgdm", "sr4")
+    ctx = RunContext(seed=0, progress=False, fit_dir=tmp_path, fit_dependency=lambda name: teacher)
+    with pytest.raises(CkmError, match="architecture"):
+        method.fit(TaskData(data.split("train"), task, 0), TaskData(data.split("val"), task, 0), task, ctx)
+
+
+def test_diffusion_methods_refuse_tasks_without_measurements(reg, data, tmp_path):
+    method, _ = method_and_task(reg, "cgdm", "sr4")
+    ts = reg.task("inpaint")
+    task = ts.make(**ts.params)
+    with pytest.raises(CkmError, match="super-resolution"):
+        method.fit(TaskData(data.split("train"), task, 0), TaskData(data.split("val"), task, 0), task,
+                   RunContext(progress=False, fit_dir=Path(tmp_path)))

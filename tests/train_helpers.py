@@ -1,0 +1,80 @@
+"""A tiny model and data source for the trainer tests (also run as a script by the kill test).
+
+    python tests/train_helpers.py STATE_DIR OUT.pt STEPS [SLEEP_S]
+
+trains the toy model with checkpoints every 2 steps and writes its final weights to OUT.pt.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ckmbench.method import RunContext
+from ckmbench.tasks.base import Observation
+from ckmbench.training import Trainer, TrainConfig
+
+
+class ToyData:
+    """16 maps of a smooth field; ``batch_at`` draws observation noise from (index, draw)."""
+
+    def __init__(self, n: int = 16, size: int = 8):
+        g = torch.Generator().manual_seed(0)
+        self.maps = torch.rand(n, 1, size, size, generator=g)
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.maps)
+
+    def batch_at(self, idx, draw=None):
+        target = self.maps[list(idx)]
+        noise = []
+        for i in idx:
+            g = torch.Generator().manual_seed(1000 * int(i) + (0 if draw is None else 1 + int(draw)))
+            noise.append(0.1 * torch.randn(1, self.size, self.size, generator=g))
+        y = target + torch.stack(noise)
+        obs = Observation(task="toy", out_shape=(self.size, self.size), gain_range=torch.zeros(len(idx), 2),
+                          pixel_m=torch.ones(len(idx)), keys=[str(i) for i in idx], y=y)
+        return obs, target, {}
+
+
+def toy_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.Dropout(0.2), nn.SiLU(), nn.Conv2d(8, 1, 3, padding=1))
+
+
+def toy_loss(sleep_s: float = 0.0):
+    def loss(net, batch, generator):
+        obs, target, _ = batch
+        if sleep_s:
+            time.sleep(sleep_s)
+        jitter = 0.01 * torch.randn(target.shape, generator=generator, device=target.device)
+        return ((net(obs.y) - target - jitter) ** 2).mean()
+
+    return loss
+
+
+def toy_config(steps: int, **kw) -> TrainConfig:
+    base = dict(steps=steps, batch_size=4, lr=1e-2, ema_decay=0.9, ema_start=3, checkpoint_every=2, log_every=2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def train_toy(state_dir: Path, steps: int, sleep_s: float = 0.0, **kw):
+    model = toy_model()
+    ctx = RunContext(seed=5, progress=False, fit_dir=Path(state_dir))
+    trainer = Trainer(model, toy_config(steps, **kw), ctx, name="toy")
+    result = trainer.fit(ToyData(), toy_loss(sleep_s))
+    return model, result
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    state, out, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+    sleep = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
+    model, _ = train_toy(state, n, sleep)
+    torch.save(model.state_dict(), out)
