@@ -13,8 +13,48 @@ from .data.builtin import DEFAULT_DATASET
 from .errors import CkmError
 
 
-def _split_list(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
+def _split_list(value: str, option: str = "--method") -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise CkmError(f"{option} '{value}' names nothing: give a name, a comma list or 'all' "
+                       f"(see `ckmbench list {'methods' if option == '--method' else 'tasks'}`)")
+    return names
+
+
+class Finite(click.ParamType):
+    """A finite float within (low, high), bounds open or closed; NaN and inf are refused."""
+
+    name = "number"
+
+    def __init__(self, low=None, high=None, low_open=False, high_open=False, hint=""):
+        self.low, self.high, self.low_open, self.high_open, self.hint = low, high, low_open, high_open, hint
+
+    def _range(self) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return " and ".join(parts)
+
+    def convert(self, value, param, ctx):
+        import math
+
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number: give one {self._range()}{self.hint}", param, ctx)
+        bad = not math.isfinite(v)
+        if self.low is not None:
+            bad |= v <= self.low if self.low_open else v < self.low
+        if self.high is not None:
+            bad |= v >= self.high if self.high_open else v > self.high
+        if bad:
+            self.fail(f"{value} is out of range: give a finite number {self._range()}{self.hint}", param, ctx)
+        return v
+
+
+SEED_MAX = 2**32 - 1
 
 
 def _parse_shard(value: str | None) -> tuple[int, int] | None:
@@ -38,11 +78,35 @@ def _parse_sets(values: tuple[str, ...]) -> dict:
         if "=" not in item:
             raise CkmError(f"bad --set '{item}': use key=value")
         k, v = item.split("=", 1)
+        k = k.strip()
+        if not k:
+            raise CkmError(f"bad --set '{item}': the key is empty; use key=value")
         try:
-            out[k.strip()] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k.strip()] = v
+            out[k] = json.loads(v)
+        except (json.JSONDecodeError, ValueError):
+            out[k] = v
     return out
+
+
+def _method_sets(reg, methods: list[str], profile: str, sets: dict) -> dict[str, dict]:
+    """The --set overrides each method gets, checked before any work: a key no method of the
+    request knows, or a value of the wrong type, is refused with the valid keys."""
+    from .plugins import require_profile
+    from .runner import GENERIC_HPARAMS, check_hparams
+
+    per_method = {}
+    for m in methods:
+        spec = reg.method(m)
+        known = set(require_profile(spec, profile)) | set(GENERIC_HPARAMS)
+        mine = {k: v for k, v in sets.items() if k in known or len(methods) == 1}
+        check_hparams(spec, profile, mine)
+        per_method[m] = mine
+    unknown = sorted(set(sets) - {k for d in per_method.values() for k in d})
+    if unknown:
+        valid = sorted({k for m in methods for k in require_profile(reg.method(m), profile)} | set(GENERIC_HPARAMS))
+        raise CkmError(f"--set {unknown[0]}: none of the methods {', '.join(methods)} has a hyper-parameter "
+                       f"'{unknown[0]}': valid ones are {', '.join(valid)}")
+    return per_method
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -60,14 +124,16 @@ def cli(verbose: bool):
 @click.option("--dataset", "-d", default=DEFAULT_DATASET, show_default=True, help="Dataset scored on.")
 @click.option("--train-dataset", default=None, help="Dataset fitted on (transfer); default: --dataset.")
 @click.option("--profile", "-p", default="small", show_default=True, type=click.Choice(["tiny", "small", "paper"]))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, SEED_MAX))
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--data-root", default=None, help="Folder of a real dataset (RadioMapSeer root, image folder).")
 @click.option("--train-data-root", default=None, help="Folder of the --train-dataset, if it is a real one.")
-@click.option("--store", default=None, help="Results store (default $CKMBENCH_STORE or results/records.jsonl).")
-@click.option("--runs-dir", default="runs", show_default=True, help="Where run folders go.")
-@click.option("--max-test", default=None, type=int, help="Score at most N test maps (evenly spaced).")
-@click.option("--time-budget", default=None, type=float, help="Seconds; a learned method stops training there, saves and is scored; "
+@click.option("--store", default=None,
+              help="Results store (default $CKMBENCH_STORE, else your user store; the project's committed store "
+                   "only when named: --store results/records.jsonl).")
+@click.option("--runs-dir", default=None, help="Where run folders go (default: beside the store, <store folder>/runs).")
+@click.option("--max-test", default=None, type=click.IntRange(min=1), help="Score at most N test maps (evenly spaced).")
+@click.option("--time-budget", default=None, type=Finite(0, low_open=True, hint=" (seconds)"), help="Seconds; a learned method stops training there, saves and is scored; "
                    "a classical run past it is stored as timeout.")
 @click.option("--checkpoint", default=None, help="Load this checkpoint instead of fitting.")
 @click.option("--refit", is_flag=True, help="Train again even when the fit cache holds this fit.")
@@ -80,34 +146,52 @@ def run(method, task, dataset, train_dataset, profile, seed, device, data_root, 
     """Fit METHOD on TASK, score it, print the metrics and store a record."""
     from .plugins import registry
     from .report import print_record
-    from .runner import RunConfig, check_supported, run as run_one
+    from .results import check_store_writable
+    from .runner import RecordNotStored, RunConfig, check_supported, resolve_device, run as run_one
 
+    methods = _split_list(method, "--method")
+    tasks = _split_list(task, "--task")
+    overrides = _parse_sets(sets)
+    if checkpoint and not Path(checkpoint).is_file():
+        raise CkmError(f"--checkpoint {checkpoint} is not a file: pass the checkpoint.pt of a run folder")
+    resolve_device(device)
     reg = registry()
-    methods = reg.names("methods") if method == "all" else _split_list(method)
-    tasks = reg.names("tasks") if task == "all" else _split_list(task)
+    methods = reg.names("methods") if methods == ["all"] else methods
+    tasks = reg.names("tasks") if tasks == ["all"] else tasks
     for name in methods:
         reg.method(name)
     for name in tasks:
         reg.task(name)
+    reg.dataset(dataset)
+    if train_dataset:
+        reg.dataset(train_dataset)
     pairs = [(m, t) for m in methods for t in tasks if reg.method(m).supports(t)]
     if len(methods) == 1 and len(tasks) == 1:
         check_supported(reg.method(methods[0]), tasks[0])
     if not pairs:
         raise CkmError(f"none of the methods {', '.join(methods)} supports any of the tasks {', '.join(tasks)}")
+    per_method = _method_sets(reg, sorted({m for m, _ in pairs}), profile, overrides)
+    check_store_writable(store)  # before any work: a finished run must never lose its record
     failed = 0
     for m, t in pairs:
         cfg = RunConfig(method=m, task=t, dataset=dataset, train_dataset=train_dataset, profile=profile, seed=seed,
                         device=device, data_root=data_root, train_data_root=train_data_root, store=store,
                         runs_dir=runs_dir, max_test=max_test, time_budget_s=time_budget, checkpoint=checkpoint,
-                        refit=refit, progress=not no_progress, fid=fid, hparams=_parse_sets(sets))
+                        refit=refit, progress=not no_progress, fid=fid, hparams=per_method[m])
         try:
             record = run_one(cfg, reg)
+        except RecordNotStored as exc:  # the work is done and kept in the run folder; the sweep goes on
+            click.echo(f"ckmbench: error: {exc}", err=True)
+            failed += 1
+            continue
         except CkmError as exc:
             if len(pairs) == 1:
                 raise
             click.echo(f"skipped {m} on {t}: {exc}", err=True)  # a sweep goes on past a refused pair
             failed += 1
             continue
+        if record.get("rank", 0):
+            continue  # under torchrun, rank 0 prints, scores and stores
         print_record(record)
         failed += record["status"] != "done"
     if failed:
@@ -137,20 +221,29 @@ def evaluate(task, dataset, predictions, name, npy_unit, data_root, store, recor
 
 
 @cli.command()
-@click.option("--store", default=None, help="Results store (default $CKMBENCH_STORE or results/records.jsonl).")
-@click.option("--out", default="leaderboards", show_default=True, type=click.Path())
-def leaderboard(store, out):
+@click.option("--store", default=None,
+              help="Results store (default $CKMBENCH_STORE, else your user store); the committed leaderboards "
+                   "come from --store results/records.jsonl --out leaderboards.")
+@click.option("--out", default=None, type=click.Path(),
+              help="Leaderboard folder (default: <your user folder>/leaderboards, never the committed one).")
+@click.option("--prune", is_flag=True, help="Delete the tables of the folder that the store no longer has.")
+@click.option("--allow-mixed", is_flag=True,
+              help="Allow rows computed on different versions (content hashes) of a dataset in one table.")
+@click.option("--full", is_flag=True, help="Rebuild every table, not only those whose records changed.")
+def leaderboard(store, out, prune, allow_mixed, full):
     """Rebuild the leaderboard tables and figures from the results store."""
     from importlib import resources
 
     from .leaderboard import build_leaderboards
-    from .results import read_records, store_path
+    from .results import read_records, store_path, user_dir
 
     path = store_path(store)
-    records = read_records(path)
+    records = read_records(path, missing_ok=False)
+    out_dir = Path(out) if out else user_dir() / "leaderboards"
     reported = Path(str(resources.files("ckmbench") / "reference" / "reported.csv"))
-    written = build_leaderboards(records, Path(out), path.parent, reported)
-    click.echo(f"{len(records)} record(s) -> {len(written)} file(s) in {out}/")
+    written = build_leaderboards(records, out_dir, path.parent, reported, prune=prune, allow_mixed=allow_mixed,
+                                 incremental=not full)
+    click.echo(f"{len(records)} record(s) from {path} -> {len(written)} file(s) in {out_dir}/")
 
 
 # ---------------------------------------------------------------- registry views
@@ -192,7 +285,7 @@ def data():
 @click.option("--dataset", "-d", "datasets", multiple=True, help="Dataset(s) to build (default: city, city-128).")
 @click.option("--shard", default=None, help="Build only shard i/n of the scenes (for clusters).")
 @click.option("--force", is_flag=True, help="Rebuild even when cached.")
-@click.option("--workers", default=0, type=int, help="Processes (0 = all cores).")
+@click.option("--workers", default=0, type=click.IntRange(min=0), help="Processes (0 = all cores).")
 def generate(datasets, shard, force, workers):
     """Generate (and cache) built-in datasets."""
     from .data import builtin
@@ -221,7 +314,7 @@ def generate(datasets, shard, force, workers):
 @click.option("--dataset", "-d", default=DEFAULT_DATASET, show_default=True)
 @click.option("--data-root", default=None)
 @click.option("--split", default="test", show_default=True)
-@click.option("-n", "count", default=8, show_default=True, type=int)
+@click.option("-n", "count", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--out", default=None, help="PNG path (default <dataset>-samples.png).")
 def show(dataset, data_root, split, count, out):
     """Write a PNG figure of samples (gain map, buildings, Tx)."""
@@ -242,10 +335,11 @@ def show(dataset, data_root, split, count, out):
 @click.option("--buildings", required=True, type=click.Path(), help="Building mask PNG/NPY (nonzero = building).")
 @click.option("--tx", required=True, help="Transmitter pixel ROW,COL.")
 @click.option("--out", required=True, type=click.Path(), help="Output .npy (path gain in dB); a PNG goes beside it.")
-@click.option("--pixel-m", default=1.0, show_default=True, type=float, help="Metres per pixel.")
-@click.option("--tx-height", default=1.5, show_default=True, type=float)
+@click.option("--pixel-m", default=1.0, show_default=True, type=Finite(0, 100, low_open=True), help="Metres per pixel.")
+@click.option("--tx-height", default=1.5, show_default=True, type=Finite(0, 1000, low_open=True, hint=" (metres)"),
+              help="Transmitter height in metres.")
 @click.option("--cars", default=None, type=click.Path(), help="Optional car mask PNG/NPY.")
-@click.option("--frequency-ghz", default=5.9, show_default=True, type=float)
+@click.option("--frequency-ghz", default=5.9, show_default=True, type=Finite(0.1, 100, hint=" (GHz)"))
 def simulate(buildings, tx, out, pixel_m, tx_height, cars, frequency_ghz):
     """Simulate the path-gain map of any building layout with the built-in simulator."""
     from .simulate_cli import simulate_layout_file
@@ -275,8 +369,12 @@ def main(argv=None):
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:  # one line naming the value and the fix, no usage dump
+        hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+        click.echo(f"ckmbench: error: {' '.join(exc.format_message().split())}{hint}", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"ckmbench: error: {' '.join(exc.format_message().split())}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

@@ -14,7 +14,7 @@ import logging
 import time
 
 from .fitcache import FitEntry, describe, fit_hparams, fit_key
-from .training import dist_info
+from .training import dist_info, init_distributed
 
 log = logging.getLogger("ckmbench.fit")
 
@@ -33,10 +33,11 @@ def fit_method(method, spec, *, version: str, train_task, train_name: str, train
         return None
     key = fit_key(spec.name, version, train_task.name, train_hash, profile, fit_hparams(method, hparams), seed)
     entry = FitEntry.for_run(spec.name, key)
-    main = dist_info().is_main
+    info = dist_info()
+    main = info.is_main
     if refit and main:
         entry.clear()
-    if entry.complete():
+    if _agreed(entry.complete(), ctx):
         log.info("%s: using the cached fit %s", spec.name, entry.dir)
         method.load_state_dict(entry.load(map_location=ctx.device))
         return describe(entry, "cache", entry.meta())
@@ -57,6 +58,18 @@ def fit_method(method, spec, *, version: str, train_task, train_name: str, train
     if main:
         entry.save(method.state_dict(), meta)
     return describe(entry, "trained", meta)
+
+
+def _agreed(flag: bool, ctx) -> bool:
+    """Under torchrun every rank takes rank 0's decision (train or reuse), or DDP would hang."""
+    if not dist_info().enabled:
+        return flag
+    import torch.distributed as dist
+
+    init_distributed(ctx.device)
+    box = [flag]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])
 
 
 def _dependency_fitter(registry, ctx, **common):

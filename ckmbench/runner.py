@@ -30,7 +30,7 @@ from .method import Method, RunContext, TaskData
 from .metrics.cost import PeakMemory
 from .plugins import Registry, registry as default_registry, require_profile
 from .provenance import base_provenance, config_hash
-from .results import append_record, atomic_write_bytes, atomic_write_text, store_path
+from .results import append_record, atomic_write_bytes, atomic_write_text, check_store_writable, default_runs_dir
 
 log = logging.getLogger("ckmbench.run")
 
@@ -48,6 +48,63 @@ class RunTimeout(Exception):
     """The run went past its time budget."""
 
 
+class RecordNotStored(CkmError):
+    """The run finished but its record could not be appended to the store (it is in the run folder)."""
+
+    def __init__(self, message: str, record: dict):
+        super().__init__(message)
+        self.record = record
+
+
+# Keys every method accepts with --set besides its profile's (none: a method that supports a run
+# option such as amp lists it in its profiles).
+GENERIC_HPARAMS: tuple[str, ...] = ()
+
+
+def _kind_of(value) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    return ""
+
+
+def check_hparams(spec, profile: str, overrides: dict) -> None:
+    """Refuse --set overrides the method does not know, or of the wrong type / sign, before any work.
+
+    The known keys are those of the method's profile dict (plus GENERIC_HPARAMS). A value must
+    have the type of the profile's value (an int where an int is, a number where a float is);
+    a count (positive int) stays >= 1, a non-negative number stays >= 0 and finite.
+    """
+    defaults = require_profile(spec, profile)
+    valid = sorted(set(defaults) | set(GENERIC_HPARAMS))
+    for key, value in overrides.items():
+        if key not in valid:
+            raise CkmError(f"--set {key}: method '{spec.name}' has no hyper-parameter '{key}': "
+                           f"valid ones are {', '.join(valid) or 'none'}")
+        if key not in defaults or defaults[key] is None:
+            continue
+        want, got, default = _kind_of(defaults[key]), _kind_of(value), defaults[key]
+        shown = f"--set {key}={json.dumps(value) if not isinstance(value, str) else value}"
+        if want == "float" and got == "int":
+            got = "float"
+        if want and got != want:
+            example = {"bool": "true or false", "int": "a whole number", "float": "a number",
+                       "str": "a text"}[want]
+            raise CkmError(f"{shown}: '{key}' of method '{spec.name}' takes {example} (profile value {default!r})")
+        if want in ("int", "float"):
+            if not np.isfinite(float(value)):
+                raise CkmError(f"{shown}: '{key}' must be a finite number (profile value {default!r})")
+            if want == "int" and default >= 1 and value < 1:
+                raise CkmError(f"{shown}: '{key}' of method '{spec.name}' must be >= 1 (profile value {default})")
+            if default >= 0 and value < 0:
+                raise CkmError(f"{shown}: '{key}' of method '{spec.name}' must be >= 0 (profile value {default})")
+
+
 @dataclass
 class RunConfig:
     """Everything that defines one run."""
@@ -62,7 +119,7 @@ class RunConfig:
     data_root: str | None = None
     train_data_root: str | None = None
     store: str | None = None
-    runs_dir: str = "runs"
+    runs_dir: str | None = None  # None: beside the store (<store folder>/runs)
     max_test: int | None = None
     batch_size: int = 16
     examples: int = 4
@@ -116,6 +173,7 @@ def prepare(cfg: RunConfig, reg: Registry) -> Prepared:
     spec = reg.method(cfg.method)
     task_spec = reg.task(cfg.task)
     check_supported(spec, cfg.task)
+    check_hparams(spec, cfg.profile, cfg.hparams)
     hparams = {**require_profile(spec, cfg.profile), **cfg.hparams}
     device = resolve_device(cfg.device)
     task = task_spec.make(**task_spec.params)
@@ -146,6 +204,16 @@ def prepare(cfg: RunConfig, reg: Registry) -> Prepared:
 
 def _uint8(x: np.ndarray) -> np.ndarray:
     return np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
+
+
+def warm_up(method: Method, task, test, ctx: RunContext) -> None:
+    """One untimed prediction of the first test map: lazy initialisation, caches and thread
+    pools are then paid for alike in a sweep and in a single run, outside the timed part."""
+    if len(test) == 0:
+        return
+    obs, _, _ = TaskData(test, task, ctx.seed).batch_at([0])
+    with torch.no_grad():
+        method.predict(obs.to(ctx.device), ctx)
 
 
 def predict_all(method: Method, task, test, ctx: RunContext, batch_size: int, deadline: float | None):
@@ -207,8 +275,13 @@ def _clean(values: dict) -> dict:
 
 
 def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
-    """Fit, predict, score and store one run; returns the stored record."""
+    """Fit, predict, score and store one run; returns the stored record.
+
+    Raises CkmError before any work when the request or the store is unusable, and
+    RecordNotStored (the record kept in the run folder) when the final append fails.
+    """
     reg = reg or default_registry()
+    store_file = check_store_writable(cfg.store)
     prep = prepare(cfg, reg)
     spec = prep.spec
     dist, version = reg.distribution_of("methods", spec.name)
@@ -221,7 +294,7 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         "hparams": prep.hparams, "seed": cfg.seed, "max_test": cfg.max_test,
     }
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    run_dir = Path(cfg.runs_dir) / f"{stamp}-{spec.name}-{cfg.task}-{cfg.dataset}-{record_id[:8]}"
+    run_dir = Path(cfg.runs_dir or default_runs_dir(cfg.store)) / f"{stamp}-{spec.name}-{cfg.task}-{cfg.dataset}-{record_id[:8]}"
     if not dist_info().is_main:  # under torchrun only rank 0 writes a run folder
         import tempfile
 
@@ -231,6 +304,7 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         "record_id": record_id, "status": "done", "message": "", "method": spec.name,
         "method_distribution": dist, "method_version": version, "task": cfg.task, "dataset": cfg.dataset,
         "dataset_hash": prep.dataset_hash, "train_dataset": train_name, "train_dataset_hash": train_hash,
+        "method_kind": getattr(spec, "kind", "baseline"),
         "profile": cfg.profile, "seed": cfg.seed, "n_test": len(prep.test), "map_size": list(prep.test.shape),
         "metrics": {}, "metric_notes": {}, "cost": {}, "hparams": prep.hparams,
         "config_hash": config_hash({**config, "protocol_version": base_provenance(prep.device)["protocol_version"]}),
@@ -248,7 +322,6 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
     # A learned method's budget bounds its training: it stops, saves and is scored on what it
     # learned (record: fit.budget_reached). A baseline past the budget is a timeout.
     predict_deadline = None if learned else deadline
-    store_file = store_path(cfg.store)
     try:
         method = spec.factory(cfg.profile, prep.hparams)
         empty = prep.test.take([])
@@ -265,7 +338,7 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
                     val=val, ctx=ctx, registry=reg, refit=cfg.refit)
             train_s = time.perf_counter() - t0
             if not dist_info().is_main:
-                return record  # under torchrun, rank 0 alone scores and stores
+                return {**record, "rank": dist_info().rank}  # under torchrun, rank 0 alone scores and stores
             if predict_deadline is not None and time.monotonic() > predict_deadline:
                 raise RunTimeout(f"time budget of {cfg.time_budget_s:.0f} s exceeded during fit")
             state = method.state_dict()
@@ -273,6 +346,7 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
                 buf = io.BytesIO()
                 torch.save(state, buf)
                 atomic_write_bytes(run_dir / "checkpoint.pt", buf.getvalue())
+            warm_up(method, prep.task, prep.test, ctx)
             t1 = time.perf_counter()
             pred, target, regions, observations = predict_all(method, prep.task, prep.test, ctx, cfg.batch_size,
                                                                      predict_deadline)
@@ -284,10 +358,15 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         result = evaluate(pred, target, gain_range, regions, fid=wants_fid(cfg))
         record["metrics"] = _clean(result.summary)
         record["metric_notes"] = _clean(result.notes)
+        in_sample = (getattr(method, "in_sample", None) or {}).get(cfg.dataset)
+        if in_sample:  # scored on data the method was calibrated on
+            record["metric_notes"]["in_sample"] = in_sample
         record["cost"] = _clean({
             "params": int(method.num_parameters()),
             # a reused fit reports the training time and steps it cost when it was made
-            "train_s": (record["fit"] or {}).get("train_s", train_s) if record["fit"] else train_s,
+            # no training (a classical baseline, a loaded checkpoint): no training time, shown "—"
+            "train_s": (record["fit"] or {}).get("train_s", train_s) if record["fit"] else
+                       (train_s if learned and not cfg.checkpoint else None),
             "train_steps": (record["fit"] or {}).get("steps_done"),
             "infer_s_per_map": infer_s / len(prep.test),
             "sampling_steps": method.sampling_steps(),
@@ -303,8 +382,16 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         log.debug("run failed", exc_info=True)
         record.update(status="error", message=f"{type(exc).__name__}: {exc}")
         atomic_write_text(run_dir / "error.txt", traceback.format_exc())
-    atomic_write_text(run_dir / "record.json", json.dumps(record, indent=1, sort_keys=True))
-    append_record(record, store_file)
+    try:
+        atomic_write_text(run_dir / "record.json", json.dumps(record, indent=1, sort_keys=True, default=str))
+    except OSError as exc:
+        log.warning("could not write %s: %s", run_dir / "record.json", exc)
+    try:
+        append_record(record, store_file)
+    except (OSError, ValueError, TypeError) as exc:  # one failed append never stops a sweep
+        log.debug("append failed", exc_info=True)
+        raise RecordNotStored(f"{spec.name} on {cfg.task}: record not stored in {store_file} ({exc}); "
+                              f"it is kept in {run_dir / 'record.json'}", record) from None
     return record
 
 
