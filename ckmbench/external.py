@@ -31,12 +31,19 @@ def _read_prediction(path: Path, shape, gain_range, npy_unit: str) -> np.ndarray
                 arr = normalize(arr, gain_range)
         else:
             img = Image.open(path)
+            if img.mode not in ("L", "I;16", "I;16B", "I;16L", "1"):
+                raise CkmError(f"prediction {path} is a {img.mode} image: write gray PNG files "
+                               "(8-bit gray/255 = u, or 16-bit gray/65535), not colour")
             arr = np.asarray(img.convert("I;16") if img.mode.startswith("I;16") else img.convert("L"), np.float32)
             arr = arr / (65535.0 if img.mode.startswith("I;16") else 255.0)
     except (OSError, ValueError, UnidentifiedImageError) as exc:
         raise CkmError(f"cannot read prediction {path} ({exc}): write PNG (gray/255 = u) or NPY files") from None
     if arr.shape != tuple(shape):
         raise CkmError(f"prediction {path} has shape {arr.shape}, expected {tuple(shape)}: predict at the map size")
+    bad = int((~np.isfinite(arr)).sum())
+    if bad:
+        raise CkmError(f"prediction {path} holds {bad} non-finite value(s) (NaN/inf): write finite values "
+                       f"({'path gain in dB' if npy_unit == 'db' else 'u in [0, 1]'})")
     return arr
 
 

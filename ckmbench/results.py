@@ -40,20 +40,32 @@ Record schema (all keys always present; values may be null):
     examples             str|null   path, relative to the store's folder, of an .npz with
                                     uint8 example maps: keys, truth (K,H,W), prediction
                                     (K,H,W), observation (K,h,w) or absent
+
+Optional keys: method_kind ("baseline" | "learned" | "diffusion"; only learned methods are
+"fitted on" a dataset), fit, ... A non-finite number anywhere in a record (NaN metric or
+hyper-parameter) is stored as null, and metric_notes["nonfinite"] names where it was.
+
+Where the store is: ``--store``, else $CKMBENCH_STORE, else the user store
+(``<user data dir>/ckmbench/results/records.jsonl``), never the project's committed
+results/records.jsonl unless it is named explicitly. Run folders go beside the store
+(``<store folder>/runs``) unless ``--runs-dir`` says otherwise.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from filelock import FileLock
+from platformdirs import user_data_dir
 
 from .errors import CkmError
 
-DEFAULT_STORE = Path("results") / "records.jsonl"
+PROJECT_STORE = Path("results") / "records.jsonl"  # the committed store: only when named explicitly
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 RECORD_KEYS = (
@@ -65,9 +77,73 @@ RECORD_KEYS = (
 )
 
 
+def user_dir() -> Path:
+    """The user's ckmbench folder (platformdirs user data dir), home of the default store."""
+    return Path(user_data_dir("ckmbench", appauthor=False))
+
+
+def default_store() -> Path:
+    return user_dir() / "results" / "records.jsonl"
+
+
 def store_path(path: str | os.PathLike | None = None) -> Path:
-    """The store file: the argument, else $CKMBENCH_STORE, else ./results/records.jsonl."""
-    return Path(path or os.environ.get("CKMBENCH_STORE") or DEFAULT_STORE)
+    """The store file: the argument, else $CKMBENCH_STORE, else the user store (never the
+    project's committed results/records.jsonl unless it is passed explicitly)."""
+    return Path(path or os.environ.get("CKMBENCH_STORE") or default_store())
+
+
+def default_runs_dir(store: str | os.PathLike | None = None) -> Path:
+    """Run folders go beside the store: <store folder>/runs."""
+    return store_path(store).parent / "runs"
+
+
+def check_store_writable(path: str | os.PathLike | None = None) -> Path:
+    """Raise CkmError unless a record (and its examples) can be written to the store: checked
+    before a run does any work, so its result is never lost at the end."""
+    target = store_path(path)
+    folder = target.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check-")
+        try:
+            os.write(fd, b"x" * 4096)  # a full disk fails here, not only on create
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        raise CkmError(f"results store {target} is not writable ({exc.strerror or exc}): "
+                       "free space or fix the folder's permissions, or pass --store PATH") from None
+    if target.exists() and not os.access(target, os.W_OK):
+        raise CkmError(f"results store {target} is read-only: make it writable or pass --store PATH")
+    if target.is_dir():
+        raise CkmError(f"results store {target} is a folder: pass --store pointing at a .jsonl file")
+    return target
+
+
+def _finite(value, where: str, bad: list[str]):
+    """``value`` with every non-finite float replaced by None (its path appended to ``bad``)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        bad.append(where)
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v, f"{where}.{k}" if where else str(k), bad) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v, f"{where}[{i}]", bad) for i, v in enumerate(value)]
+    return value
+
+
+def finite_record(record: dict) -> dict:
+    """The record with NaN/inf stored as null and a note saying where (JSON has no NaN)."""
+    bad: list[str] = []
+    clean = _finite(dict(record), "", bad)
+    if bad:
+        notes = dict(clean.get("metric_notes") or {})
+        notes["nonfinite"] = "not finite, stored as null: " + ", ".join(bad)
+        clean["metric_notes"] = notes
+    return clean
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -102,7 +178,7 @@ def append_record(record: dict, path: str | os.PathLike | None = None) -> Path:
     if missing:
         raise ValueError(f"result record lacks keys {missing}")
     target = store_path(path)
-    line = json.dumps(record, sort_keys=True, allow_nan=False) + "\n"
+    line = json.dumps(finite_record(record), sort_keys=True, allow_nan=False, default=_json_default) + "\n"
     with _lock(target):
         old = target.read_bytes() if target.exists() else b""
         if old and not old.endswith(b"\n"):
@@ -111,17 +187,55 @@ def append_record(record: dict, path: str | os.PathLike | None = None) -> Path:
     return target
 
 
-def read_records(path: str | os.PathLike | None = None) -> list[dict]:
-    """All records of the store, in order; a corrupt line is a one-line error naming it."""
+def _json_default(value):
+    """numpy scalars and the like as plain JSON numbers; anything else as its string."""
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def _number_or_null(value) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def read_records(path: str | os.PathLike | None = None, missing_ok: bool = True) -> list[dict]:
+    """All records of the store, in order; a corrupt line is a one-line error naming it.
+
+    A store that does not exist is an empty list, or an error when ``missing_ok`` is False
+    (a typo in --store must not read as "no results").
+    """
     target = store_path(path)
     if not target.exists():
-        return []
+        if missing_ok:
+            return []
+        raise CkmError(f"results store {target} does not exist: check the --store path "
+                       f"(default: $CKMBENCH_STORE or {default_store()})")
+    if target.is_dir():
+        raise CkmError(f"results store {target} is a folder: pass --store pointing at the .jsonl file")
     records = []
-    for lineno, line in enumerate(target.read_text("utf-8").splitlines(), 1):
+    for lineno, raw in enumerate(target.read_bytes().splitlines(), 1):
+        where = f"results store {target} line {lineno}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CkmError(f"{where} is not UTF-8 (byte {exc.start + 1}): fix or remove that line") from None
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise CkmError(f"results store {target} line {lineno} is not valid JSON ({exc.msg}): fix or remove that line") from None
+            raise CkmError(f"{where} is not valid JSON ({exc.msg}): fix or remove that line") from None
+        if not isinstance(record, dict):
+            raise CkmError(f"{where} is a JSON {type(record).__name__}, not a record object: fix or remove that line")
+        for group in ("metrics", "cost"):
+            values = record.get(group)
+            if values is None:
+                continue
+            if not isinstance(values, dict):
+                raise CkmError(f"{where}: '{group}' is {values!r}, not an object: fix or remove that line")
+            for name, value in values.items():
+                if not _number_or_null(value):
+                    raise CkmError(f"{where}: {group} '{name}' is {value!r}, not a number or null: "
+                                   "fix or remove that line")
+        records.append(record)
     return records

@@ -11,6 +11,19 @@ from .errors import CkmError
 from .results import atomic_write_bytes
 
 GAIN_RANGE = (-147.0, -47.0)
+MIN_SIDE = 8  # pixels: below that there is no layout to simulate
+MAX_SIDE = 1024  # pixels: the polar tables grow with the square of the diagonal (~0.4 GB at 1024x1024)
+
+
+def check_layout_size(shape: tuple[int, ...], path) -> None:
+    """Refuse, before any work, a layout the simulator cannot handle, saying what fits."""
+    h, w = shape[:2]
+    if min(h, w) < MIN_SIDE:
+        raise CkmError(f"building mask {path} is {h}x{w}: the simulator needs at least {MIN_SIDE}x{MIN_SIDE} pixels")
+    if max(h, w) > MAX_SIDE:
+        gb = 16 * 9 * (h * h + w * w) / 1e9
+        raise CkmError(f"building mask {path} is {h}x{w}, about {gb:.0f} GB to simulate: at most {MAX_SIDE}x{MAX_SIDE} "
+                       "pixels fit; crop it or downsample it (and raise --pixel-m to match)")
 
 
 def parse_tx(text: str, shape: tuple[int, int], buildings: np.ndarray, height: float) -> tuple[float, float, float]:
@@ -38,7 +51,10 @@ def simulate_layout_file(buildings_path: Path, tx: str, out: Path, pixel_m: floa
         raise CkmError(f"--out {out} must end in .npy (a PNG figure is written beside it)")
     if pixel_m <= 0:
         raise CkmError(f"--pixel-m {pixel_m} must be positive")
+    if not (np.isfinite(pixel_m) and np.isfinite(tx_height) and np.isfinite(frequency_ghz)):
+        raise CkmError("--pixel-m, --tx-height and --frequency-ghz must be finite numbers")
     buildings = load_building_mask(buildings_path)
+    check_layout_size(buildings.shape, buildings_path)
     cars = load_building_mask(cars_path, size=buildings.shape) if cars_path else None
     txt = parse_tx(tx, buildings.shape, buildings, tx_height)
     scene = Scene(buildings=buildings, tx=txt, pixel_m=pixel_m, cars=cars, frequency_hz=frequency_ghz * 1e9,

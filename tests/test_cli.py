@@ -111,3 +111,147 @@ def test_generate_shards_merge_to_the_full_dataset(tmp_path):
     full = ckm("data", "generate", "-d", "city-tiny", "--force", "--workers", "1", env=env).stdout
     hash_of = lambda text: text.split("content hash ")[1].split(";")[0]
     assert hash_of(merged) == hash_of(full)
+
+
+# ---------------------------------------------------------------- bad input: one line, non-zero, store unchanged
+
+def _bad_inputs(tmp_path):
+    """(argv) pairs that must each end in one error line, before any work."""
+    ok = tmp_path / "ok.npy"
+    np.save(ok, np.zeros((16, 16), bool))
+    huge = tmp_path / "huge.npy"
+    np.save(huge, np.zeros((4000, 4000), bool))
+    tiny = tmp_path / "tiny.npy"
+    np.save(tiny, np.zeros((1, 1), bool))
+    sim = ["data", "simulate", "--tx", "3,3", "--out", str(tmp_path / "m.npy")]
+    bad_stores = {
+        "list": b"[1,2,3]\n",
+        "abc": json.dumps({"record_id": "x", "metrics": {"mse": "abc"}}).encode() + b"\n",
+        "utf8": b'{"record_id": "\xff\xfe"}\n',
+        "json": b"{not json\n",
+    }
+    for name, data in bad_stores.items():
+        (tmp_path / f"{name}.jsonl").write_bytes(data)
+    colour = tmp_path / "colour"
+    colour.mkdir()
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(colour / "s00000_0.png")
+    inf = tmp_path / "inf"
+    inf.mkdir()
+    np.save(inf / "s00000_0.npy", np.full((32, 32), np.inf, np.float32))
+    run = ["run", "-m", "bilinear", "-t", "sr4", "-d", "city-tiny", "-p", "tiny", "--no-progress"]
+    lb = ["leaderboard", "--out", str(tmp_path / "lb")]
+    return [
+        run + ["--seed", "99999999999999999999"],
+        run + ["--seed", "-1"],
+        run + ["--seed", "abc"],
+        run + ["--max-test", "-3"],
+        run + ["--max-test", "0"],
+        run + ["--time-budget", "0"],
+        run + ["--time-budget", "-1"],
+        run + ["--time-budget", "nan"],
+        run + ["--time-budget", "inf"],
+        ["run", "-m", "", "-t", "sr4"],
+        ["run", "-m", "bilinear", "-t", " , "],
+        ["run", "-m", "knn", "-t", "sr4", "--set", "k=abc"],
+        ["run", "-m", "knn", "-t", "sr4", "--set", "k=0"],
+        ["run", "-m", "knn", "-t", "sr4", "--set", "k=2.5"],
+        ["run", "-m", "idw", "-t", "sr4", "--set", "power=NaN"],
+        ["run", "-m", "bilinear", "-t", "sr4", "--set", "nosuch=1"],
+        ["run", "-m", "bilinear", "-t", "sr4", "--set", "=3"],
+        ["run", "-m", "bilinear", "-t", "sr4", "--set", "noequals"],
+        ["run", "-m", "nosuchmethod", "-t", "sr4"],
+        ["run", "-m", "bilinear", "-t", "nosuchtask"],
+        ["run", "-m", "bilinear", "-t", "sr4", "-d", "nosuchdataset"],
+        run + ["--device", "tpu"],
+        run + ["--checkpoint", str(tmp_path / "none.pt")],
+        run + ["--profile", "huge"],
+        run + ["--store", str(tmp_path / "ok.npy" / "records.jsonl")],
+        ["data", "show", "-d", "city-tiny", "-n", "0"],
+        ["data", "show", "-d", "city-tiny", "-n", "-2"],
+        ["data", "generate", "-d", "city-tiny", "--workers", "-1"],
+        ["data", "generate", "-d", "city-tiny", "--shard", "5/4"],
+        sim + ["--buildings", str(ok), "--frequency-ghz", "0"],
+        sim + ["--buildings", str(ok), "--tx-height", "-100"],
+        sim + ["--buildings", str(ok), "--tx-height", "nan"],
+        sim + ["--buildings", str(ok), "--pixel-m", "0"],
+        sim + ["--buildings", str(huge)],
+        sim + ["--buildings", str(tiny)],
+        lb + ["--store", str(tmp_path / "recrods.jsonl")],
+        lb + ["--store", str(tmp_path / "list.jsonl")],
+        lb + ["--store", str(tmp_path / "abc.jsonl")],
+        lb + ["--store", str(tmp_path / "utf8.jsonl")],
+        lb + ["--store", str(tmp_path / "json.jsonl")],
+        ["evaluate", "-t", "sr4", "-d", "city-tiny", "--predictions", str(colour), "--no-record"],
+        ["evaluate", "-t", "sr4", "-d", "city-tiny", "--predictions", str(inf), "--no-record"],
+    ]
+
+
+def test_bad_inputs_are_one_line_errors_that_change_nothing(tmp_path, monkeypatch, capsys):
+    from ckmbench import cli
+
+    store = tmp_path / "store" / "records.jsonl"
+    store.parent.mkdir()
+    store.write_text('{"record_id": "kept"}\n')
+    before = store.read_bytes()
+    monkeypatch.setenv("CKMBENCH_STORE", str(store))
+    from ckmbench.data.registry import load_dataset
+
+    load_dataset("city-tiny", progress=False)  # evaluate reads the dataset (cached) before the predictions
+    cases = _bad_inputs(tmp_path)
+    assert len(cases) >= 30
+    for argv in cases:
+        with pytest.raises(SystemExit) as stop:
+            cli.main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code not in (0, None), argv
+        assert len(err) == 1 and err[0].startswith("ckmbench: error:"), (argv, err)
+        assert store.read_bytes() == before, argv
+        assert not list(store.parent.glob("runs/*")), argv  # no run started
+    assert not (tmp_path / "m.npy").exists()
+
+
+def test_bad_values_are_named_with_the_fix(tmp_path, capsys):
+    from ckmbench import cli
+
+    def error(*argv):
+        with pytest.raises(SystemExit):
+            cli.main(list(argv))
+        return capsys.readouterr().err
+
+    assert "99999999999999999999" in error("run", "-m", "bilinear", "-t", "sr4", "--seed", "99999999999999999999")
+    msg = error("run", "-m", "knn", "-t", "sr4", "--set", "nosuch=1")
+    assert "valid ones are k" in msg
+    assert "whole number" in error("run", "-m", "knn", "-t", "sr4", "--set", "k=abc")
+    assert ">= 1" in error("run", "-m", "knn", "-t", "sr4", "--set", "k=0")
+    ok = tmp_path / "ok.npy"
+    np.save(ok, np.zeros((4000, 4000), bool))
+    msg = error("data", "simulate", "--buildings", str(ok), "--tx", "3,3", "--out", str(tmp_path / "m.npy"))
+    assert "4000x4000" in msg and "at most 1024x1024" in msg
+    np.save(ok, np.zeros((1, 1), bool))
+    msg = error("data", "simulate", "--buildings", str(ok), "--tx", "0,0", "--out", str(tmp_path / "m.npy"))
+    assert "1x1" in msg and "2-D" not in msg
+    msg = error("leaderboard", "--store", str(tmp_path / "results" / "recrods.jsonl"), "--out", str(tmp_path / "lb"))
+    assert "recrods.jsonl does not exist" in msg
+
+
+def test_default_run_writes_the_user_store_not_the_project(tmp_path, monkeypatch):
+    """The quick start wrote into the committed results/records.jsonl and ./runs."""
+    from ckmbench import cli
+    from pathlib import Path
+
+    monkeypatch.delenv("CKMBENCH_STORE", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    project = tmp_path / "project"
+    (project / "results").mkdir(parents=True)
+    (project / "results" / "records.jsonl").write_text("")
+    monkeypatch.chdir(project)
+    cli.main(["run", "-m", "identity", "-t", "sr4", "-d", "city-tiny", "-p", "tiny", "--no-progress",
+              "--max-test", "2", "--no-fid"])
+    user = tmp_path / "xdg" / "ckmbench" / "results"
+    assert len((user / "records.jsonl").read_text().splitlines()) == 1
+    assert list((user / "runs").iterdir())
+    assert (project / "results" / "records.jsonl").read_text() == ""
+    assert sorted(p.name for p in project.iterdir()) == ["results"]
+    cli.main(["leaderboard"])
+    assert (tmp_path / "xdg" / "ckmbench" / "leaderboards" / "city-tiny" / "sr4.md").is_file()
+    assert sorted(p.name for p in project.iterdir()) == ["results"]

@@ -2,11 +2,14 @@
 
 import json
 import multiprocessing as mp
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ckmbench.errors import CkmError
-from ckmbench.results import RECORD_KEYS, append_record, read_records
+from ckmbench.results import (RECORD_KEYS, append_record, check_store_writable, default_runs_dir, read_records,
+                              store_path)
 
 
 def make_record(i=0, **over):
@@ -38,12 +41,58 @@ def test_missing_keys_are_refused(tmp_path):
         append_record(rec, tmp_path / "s.jsonl")
 
 
-def test_nan_is_refused_not_written(tmp_path):
+def test_non_finite_values_are_stored_as_null_with_a_note(tmp_path):
+    """A NaN hyper-parameter or metric used to make the append raise and lose the record."""
     store = tmp_path / "s.jsonl"
     append_record(make_record(1), store)
-    with pytest.raises(ValueError):
-        append_record(make_record(2, metrics={"mse": float("nan")}), store)
-    assert len(read_records(store)) == 1
+    append_record(make_record(2, metrics={"mse": float("nan"), "psnr": np.float32("inf")},
+                              hparams={"lr": float("nan")}), store)
+    recs = read_records(store)
+    assert len(recs) == 2
+    assert recs[1]["metrics"] == {"mse": None, "psnr": None} and recs[1]["hparams"] == {"lr": None}
+    assert "metrics.mse" in recs[1]["metric_notes"]["nonfinite"]
+    assert "hparams.lr" in recs[1]["metric_notes"]["nonfinite"]
+
+
+def test_default_store_is_the_users_not_the_projects(tmp_path, monkeypatch):
+    """A user's runs never write the committed results/records.jsonl unless it is named."""
+    monkeypatch.delenv("CKMBENCH_STORE", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.chdir(tmp_path)
+    assert store_path() == tmp_path / "xdg" / "ckmbench" / "results" / "records.jsonl"
+    assert default_runs_dir() == tmp_path / "xdg" / "ckmbench" / "results" / "runs"
+    assert store_path("results/records.jsonl") == Path("results/records.jsonl")
+    monkeypatch.setenv("CKMBENCH_STORE", str(tmp_path / "env.jsonl"))
+    assert store_path() == tmp_path / "env.jsonl"
+
+
+def test_unwritable_store_is_refused_up_front(tmp_path):
+    blocker = tmp_path / "blocker"  # a file where the store's folder should be (works as root too)
+    blocker.write_text("x")
+    with pytest.raises(CkmError, match="not writable"):
+        check_store_writable(blocker / "records.jsonl")
+    check_store_writable(tmp_path / "ok" / "records.jsonl")
+    assert not list((tmp_path / "ok").iterdir())  # the probe is gone
+
+
+def test_missing_store_is_an_error_when_asked(tmp_path):
+    assert read_records(tmp_path / "none.jsonl") == []
+    with pytest.raises(CkmError, match="does not exist"):
+        read_records(tmp_path / "none.jsonl", missing_ok=False)
+
+
+@pytest.mark.parametrize("line, match", [
+    (b"[1,2,3]", "not a record object"),
+    (b'{"metrics": {"mse": "abc"}}', "mse.*not a number"),
+    (b'{"record_id": "\xff\xfe"}', "not UTF-8"),
+    (b'{"metrics": [1]}', "not an object"),
+])
+def test_bad_store_lines_are_one_line_errors(tmp_path, line, match):
+    store = tmp_path / "s.jsonl"
+    store.write_bytes(json.dumps(make_record(1)).encode() + b"\n" + line + b"\n")
+    with pytest.raises(CkmError, match=match) as err:
+        read_records(store)
+    assert "line 2" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_concurrent_appends_lose_nothing(tmp_path):

@@ -176,9 +176,87 @@ def test_config_is_written_before_the_run(tmp_path):
     assert config["max_test"] == 3 and rec["n_test"] == 3
 
 
-def test_simulator_is_not_scored_on_its_own_data(tmp_path):
+def test_simulator_is_refused_on_its_own_data_and_marked_in_sample_on_its_calibration_map(tmp_path):
+    """radiomapseer-map0 holds the very maps (Tx 0, 10, 12) the simulator's parameters were fitted
+    to: its score there is in-sample (2.5 dB calibration RMSE), and the record says so."""
     with pytest.raises(CkmError, match="simulator.*generated it"):
         run(cfg(tmp_path, method="simulator", task="envgen-static"))
-    rec = run(cfg(tmp_path, method="simulator", task="envgen-static", dataset="radiomapseer-map0",
-                  train_dataset="city-tiny"))
+    rec = run(cfg(tmp_path, method="simulator", task="envgen-static", dataset="radiomapseer-map0"))
     assert rec["status"] == "done" and rec["metrics"]["rmse_gain_db@outdoor"] < 3.5
+    note = rec["metric_notes"]["in_sample"]
+    assert note.startswith("in-sample") and "Tx 0, 10, 12" in note and "1, 11" in note
+    assert "in_sample" not in run(cfg(tmp_path, method="distance", task="envgen-static",
+                                      dataset="radiomapseer-map0"))["metric_notes"]
+
+
+def test_a_record_that_cannot_be_stored_does_not_stop_the_sweep(tmp_path, monkeypatch, capsys):
+    from ckmbench import cli, runner
+
+    real, calls = runner.append_record, []
+
+    def full_disk_once(record, path):
+        calls.append(record["task"])
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        return real(record, path)
+
+    monkeypatch.setattr(runner, "append_record", full_disk_once)
+    store = tmp_path / "r.jsonl"
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["run", "-m", "identity", "-t", "sr4,sr8", "-d", "city-tiny", "-p", "tiny", "--store", str(store),
+                  "--no-progress", "--max-test", "2"])
+    assert stop.value.code == 1 and calls == ["sr4", "sr8"]
+    err = capsys.readouterr().err
+    assert "record not stored" in err and "No space left" in err and "record.json" in err
+    assert [r["task"] for r in read_records(store)] == ["sr8"]
+    kept = list(tmp_path.glob("runs/*sr4*/record.json"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text())["status"] == "done"
+
+
+def test_costs_say_what_applies(tmp_path):
+    base = run(cfg(tmp_path, method="identity", max_test=2))
+    assert base["cost"]["train_s"] is None and base["method_kind"] == "baseline"
+    learned = run(cfg(tmp_path, method="meanlearner", max_test=2), toy_registry())
+    assert learned["cost"]["train_s"] > 0 and learned["method_kind"] == "learned"
+
+
+def test_peak_memory_is_per_run_in_a_sweep(monkeypatch):
+    """Where the kernel's high-water mark cannot be reset, later runs of a sweep measured 0 MB."""
+    from ckmbench.metrics import cost
+
+    monkeypatch.setattr(cost, "_reset_peak_rss", lambda: False)
+
+    def run_like():
+        with cost.PeakMemory() as mem:
+            blocks = [np.ones(2**19) for _ in range(40)]  # 40 x 4 MB, held a moment
+            import time
+
+            time.sleep(0.05)
+            del blocks
+        return mem.peak_mb
+
+    first, second = run_like(), run_like()
+    assert first > 120 and second > 120, (first, second)
+
+
+def test_identity_is_the_observation_as_given():
+    from ckmbench.plugins import registry
+    from ckmbench.data.registry import load_dataset
+
+    reg = registry()
+    test = load_dataset("city-tiny", progress=False).split("test")
+    samples = [test[i] for i in range(3)]
+    ident = reg.method("identity").factory("tiny", {})
+    for task in ("inpaint", "sparse", "denoise", "sr4"):
+        t = reg.task(task)
+        obs, target, _ = t.make(**t.params).batch(samples, 0)
+        pred = ident.predict(obs, None)
+        assert pred.shape == target.shape
+        if task == "sr4":
+            nearest = reg.method("nearest").factory("tiny", {}).predict(obs, None)
+            assert torch.equal(pred, nearest)
+        elif obs.mask is not None:
+            assert torch.equal(pred, (obs.y * (obs.mask > 0.5)).clamp(0, 1))
+            assert (pred[obs.mask < 0.5] == 0).all()
+        else:
+            assert torch.equal(pred, obs.y.clamp(0, 1))

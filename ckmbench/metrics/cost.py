@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
+import os
 import resource
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -11,6 +16,9 @@ import torch
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
+_STATM = Path("/proc/self/statm")
+_PAGE_KB = (os.sysconf("SC_PAGE_SIZE") // 1024) if hasattr(os, "sysconf") else 4
+SAMPLE_S = 0.002  # RSS sampling period of the background thread
 
 
 def count_parameters(obj) -> int:
@@ -83,14 +91,38 @@ def _maxrss_kb() -> int:
     return value // 1024 if sys.platform == "darwin" else value  # macOS reports bytes, Linux kB
 
 
-class PeakMemory:
-    """Peak memory increase of a ``with`` block in MB (``.peak_mb``).
+def _rss_kb() -> int | None:
+    try:
+        return int(_STATM.read_text().split()[1]) * _PAGE_KB
+    except (OSError, ValueError, IndexError):
+        return None
 
-    CUDA: ``torch.cuda.max_memory_allocated`` above the allocation at entry. CPU: the process
-    RSS high-water mark above the RSS at entry. On Linux the mark is reset at entry through
-    ``/proc/self/clear_refs``, so an earlier, larger peak does not hide this one; elsewhere
-    it falls back to the ``getrusage`` max-RSS delta (0 when an earlier peak was larger).
-    ``.method`` says which was used. Do not nest two on CPU: the reset is process-wide.
+
+def _release_free_memory() -> None:
+    """Give freed heap back to the system (glibc malloc_trim), so memory an earlier run freed
+    but kept resident does not hide this run's allocations (its pages would be reused without
+    raising the RSS, and the peak would read 0)."""
+    gc.collect()
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class PeakMemory:
+    """Peak memory increase of a ``with`` block in MB (``.peak_mb``), per block, so every run of
+    a sweep measures its own memory and not the process's history.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` above the allocation at entry (peak stats reset).
+    CPU: freed heap is first returned to the system (``malloc_trim``), then the RSS at entry is
+    the baseline and the peak is the larger of (a) the kernel's RSS high-water mark, reset at
+    entry through ``/proc/self/clear_refs`` where allowed ("linux-vmhwm") and (b) a background
+    thread sampling the RSS from ``/proc/self/statm`` every 2 ms ("rss-sampling" when (a) is not
+    available); elsewhere the ``getrusage`` max-RSS delta ("getrusage-maxrss"). Do not nest
+    two on CPU: the reset is process-wide.
     """
 
     def __init__(self, device=None):
@@ -100,6 +132,16 @@ class PeakMemory:
         self.peak_mb = 0.0
         self.method = ""
         self._base = 0
+        self._sampled = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            rss = _rss_kb()
+            if rss is not None and rss > self._sampled:
+                self._sampled = rss
+            self._stop.wait(SAMPLE_S)
 
     def __enter__(self) -> "PeakMemory":
         if self.cuda:
@@ -107,14 +149,17 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
             self.method = "cuda-max-allocated"
-        else:
-            rss = _status_kb("VmRSS")
-            if rss is not None and _reset_peak_rss() and _status_kb("VmHWM") is not None:
-                self._base = rss
-                self.method = "linux-vmhwm"
-            else:
-                self._base = _maxrss_kb()
-                self.method = "getrusage-maxrss"
+            return self
+        _release_free_memory()
+        rss = _rss_kb()
+        if rss is None:
+            self._base = _maxrss_kb()
+            self.method = "getrusage-maxrss"
+            return self
+        self._base = self._sampled = rss
+        self.method = "linux-vmhwm" if _reset_peak_rss() and _status_kb("VmHWM") is not None else "rss-sampling"
+        self._thread = threading.Thread(target=self._sample, name="ckmbench-peak-memory", daemon=True)
+        self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -122,7 +167,14 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             peak = torch.cuda.max_memory_allocated(self.device) - self._base
             self.peak_mb = max(0, peak) / 2**20
-        elif self.method == "linux-vmhwm":
-            self.peak_mb = max(0, (_status_kb("VmHWM") or 0) - self._base) / 1024
-        else:
+            return
+        if self.method == "getrusage-maxrss":
             self.peak_mb = max(0, _maxrss_kb() - self._base) / 1024
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        peak = max(self._sampled, _rss_kb() or 0)
+        if self.method == "linux-vmhwm":
+            peak = max(peak, _status_kb("VmHWM") or 0)
+        self.peak_mb = max(0, peak - self._base) / 1024

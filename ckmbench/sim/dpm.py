@@ -237,8 +237,10 @@ class PreparedLayout:
 
     def __init__(self, scene: Scene, tables: PolarTables | None = None):
         b = np.asarray(scene.buildings, bool)
-        if b.ndim != 2 or min(b.shape) < 2:
+        if b.ndim != 2:
             raise CkmError(f"scene buildings must be a 2-D raster, got shape {b.shape}")
+        if min(b.shape) < 2:
+            raise CkmError(f"scene buildings {b.shape[0]}x{b.shape[1]} is too small: the simulator needs at least 2x2 pixels")
         self.h, self.w = b.shape
         self.pixel_m = float(scene.pixel_m)
         if not self.pixel_m > 0:

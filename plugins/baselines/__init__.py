@@ -7,7 +7,7 @@ from ckmbench.hookspecs import hookimpl
 from ckmbench.specs import PROFILES, MethodSpec
 from ckmbench.tasks.builtin import SR_FACTORS, ZERO_SHOT_FACTORS
 
-from .methods import IDW, KNN, RBF, Bicubic, Bilinear, Distance, Kriging, Nearest, PathLoss, Simulator
+from .methods import IDW, KNN, RBF, Bicubic, Bilinear, Distance, Identity, Kriging, Nearest, PathLoss, Simulator
 
 SR_TASKS = tuple(f"sr{f}" for f in SR_FACTORS)
 NOISY_SR_TASKS = tuple(f"sr{f}-noisy" for f in SR_FACTORS)
@@ -34,6 +34,13 @@ BASELINES = (
 )
 
 
+# Reference rows: no method at all, what a table needs to show what "doing nothing" scores.
+REFERENCES = (
+    (Identity, SMOOTHING_TASKS, "reference: the observation as given (nearest-upsampled for sr; hole or "
+                                "unmeasured pixels at 0)"),
+)
+
+
 def not_simulator_data(dataset) -> None:
     """The simulator baseline is physics without learning on data it did not generate: on its
     own output it would score perfectly and say nothing."""
@@ -52,7 +59,13 @@ def baseline_specs() -> list[MethodSpec]:
     ]
 
 
+def reference_specs() -> list[MethodSpec]:
+    """The reference rows (``identity``): registered like baselines, kind "baseline"."""
+    return [MethodSpec(name=cls.name, factory=cls, tasks=tasks, profiles={p: dict(cls.defaults) for p in PROFILES},
+                       description=text, kind="baseline") for cls, tasks, text in REFERENCES]
+
+
 @hookimpl
 def ckmbench_register_methods(register):
-    for spec in baseline_specs():
+    for spec in baseline_specs() + reference_specs():
         register(spec)
