@@ -25,14 +25,15 @@ Paper B (Roe et al.),other,inpaint,knn,fid,394.16,other 256,inpaint,RTX 5090
 
 def make_record(method="bilinear", *, dataset="city", task="sr4", seed=0, status="done",
                 metrics=None, notes=None, date="2026-11-20T10:00:00+00:00", train_dataset=None,
-                profile="tiny", examples=None, message="", n_test=8, cost=None) -> dict:
+                profile="tiny", examples=None, message="", n_test=8, cost=None, kind=None,
+                distribution="ckmbench", dataset_hash="d" * 64, in_sample=None) -> dict:
     """A record with every schema key (ckmbench.results.RECORD_KEYS) filled in."""
     record = {
         "record_id": hashlib.md5(repr((method, dataset, task, seed, date, status, profile,
                                        train_dataset)).encode()).hexdigest(),
         "status": status, "message": message, "method": method,
-        "method_distribution": "ckmbench", "method_version": "0.1.0", "task": task,
-        "dataset": dataset, "dataset_hash": "d" * 64, "train_dataset": train_dataset or dataset,
+        "method_distribution": distribution, "method_version": "0.1.0", "task": task,
+        "dataset": dataset, "dataset_hash": dataset_hash, "train_dataset": train_dataset or dataset,
         "train_dataset_hash": "e" * 64, "profile": profile, "seed": seed, "n_test": n_test,
         "map_size": [32, 32],
         "metrics": ({"mse": 0.01, "psnr": 20.0, "ssim": 0.5} if metrics is None else metrics)
@@ -46,6 +47,9 @@ def make_record(method="bilinear", *, dataset="city", task="sr4", seed=0, status
         "run_dir": None, "examples": examples,
     }
     assert set(record) == set(RECORD_KEYS)
+    record["method_kind"] = kind or ("learned" if method == "cdiff" else "baseline")
+    if in_sample:
+        record["metric_notes"] = {**record["metric_notes"], "in_sample": in_sample}
     return record
 
 
@@ -86,14 +90,14 @@ def records(tmp_path) -> list[dict]:
                     notes={"fid_n": 240, "fid_weights": "/w/default_1.pt", "fid_weights_sha256": "7ff4a85c3a6378f0"},
                     cost={"params": 221_210_000, "train_s": 12.5,
                                                 "infer_s_per_map": 0.25, "sampling_steps": 50}),
-        make_record("bilinear", train_dataset="town", metrics={"mse": 0.040, "psnr": 14.0, "ssim": 0.30}),
+        make_record("cdiff", train_dataset="town", metrics={"mse": 0.040, "psnr": 14.0, "ssim": 0.30}),
         make_record("kriging", seed=3, status="timeout", message="ran past the 600 s budget"),
         make_record("idw", dataset="town", task="inpaint", status="error", message="boom |\nsecond line"),
     ]
 
 
-def _build(records, tmp_path, reported, out="lb"):
-    return build_leaderboards(records, tmp_path / out, tmp_path / "store", reported_csv=reported)
+def _build(records, tmp_path, reported, out="lb", **kw):
+    return build_leaderboards(records, tmp_path / out, tmp_path / "store", reported_csv=reported, **kw)
 
 
 def _table_rows(text: str, first_header: str) -> list[list[str]]:
@@ -120,9 +124,9 @@ def test_table_content(records, tmp_path, reported):
     assert region_header == ["method", "profile", "N", "seeds", "mse@outdoor ↓"]
     assert {r[0]: r[4] for r in region_rows}["cdiff"] == "**0.007000**"
     by_label = {r[0]: dict(zip(header, r)) for r in rows}
-    assert set(by_label) == {"cdiff", "bilinear", "nearest", "bilinear (trained on town)"}
-    # ranked on mse (first metric column): best first
-    assert [r[0] for r in rows] == ["cdiff", "bilinear", "nearest", "bilinear (trained on town)"]
+    assert set(by_label) == {"cdiff", "bilinear", "nearest", "cdiff, fitted on town"}
+    # ranked on mse (first metric column, no outdoor gain RMSE here): best first
+    assert [r[0] for r in rows] == ["cdiff", "bilinear", "nearest", "cdiff, fitted on town"]
     bil = by_label["bilinear"]
     assert bil["seeds"] == "2" and bil["N"] == "8" and bil["profile"] == "tiny"
     assert bil["mse ↓"] == "0.01500" and bil["psnr ↑"] == "19.00"  # mean of seeds, old record dropped
@@ -197,7 +201,12 @@ def test_stale_files_removed(records, tmp_path, reported):
     _build(records, tmp_path, reported)
     keep = tmp_path / "lb" / "notes.txt"
     keep.write_text("not ours")
-    _build([r for r in records if r["dataset"] != "town"], tmp_path, reported)
+    with pytest.raises(CkmError, match=r"would delete 1 table.*town/inpaint.md.*--prune"):
+        _build([r for r in records if r["dataset"] != "town"], tmp_path, reported)
+    assert (tmp_path / "lb" / "town" / "inpaint.md").exists()
+    with pytest.raises(CkmError, match=r"\(0 records\) would delete 1 table"):  # e.g. a --store typo
+        _build([], tmp_path, reported)
+    _build([r for r in records if r["dataset"] != "town"], tmp_path, reported, prune=True)
     assert not (tmp_path / "lb" / "town").exists()
     assert (tmp_path / "lb" / "city" / "sr4.md").exists() and keep.exists()
 
@@ -253,3 +262,71 @@ def test_superseded_failure_and_missing_examples(tmp_path, reported):
     assert not (tmp_path / "lb" / "city" / "sr4_examples.png").exists()
     header, *rows = _table_rows(text, "method")
     assert [r[:4] for r in rows] == [["idw", "tiny", "8", "1"]]
+
+
+def _main_rows(text: str) -> dict[str, dict[str, str]]:
+    header, *rows = _table_rows(text, "method")
+    return {r[0]: dict(zip(header, r)) for r in rows}
+
+
+def test_non_finite_metrics_never_rank_and_print_a_dash(tmp_path, reported):
+    recs = [make_record("knn", metrics={"mse": float("nan"), "psnr": float("inf")}),
+            make_record("idw", metrics={"mse": 0.02, "psnr": 17.0})]
+    _build(recs, tmp_path, reported)
+    text = (tmp_path / "lb" / "city" / "sr4.md").read_text()
+    header, *rows = _table_rows(text, "method")
+    assert [r[0] for r in rows] == ["idw", "knn"]
+    by = _main_rows(text)
+    assert by["knn"]["mse ↓"] == "—" and by["knn"]["psnr ↑"] == "—" and "****" not in text
+    assert by["idw"]["mse ↓"] == "**0.02000**"
+
+
+def test_outdoor_gain_rmse_is_in_the_main_table_and_ranks(tmp_path, reported):
+    recs = [make_record("identity", metrics={"mse": 0.010, "rmse_gain_db@outdoor": 9.0}),
+            make_record("kriging", metrics={"mse": 0.012, "rmse_gain_db@outdoor": 4.0})]
+    _build(recs, tmp_path, reported)
+    text = (tmp_path / "lb" / "city" / "sr4.md").read_text()
+    header, *rows = _table_rows(text, "method")
+    assert header[4] == "rmse_gain_db@outdoor ↓" and "mse ↓" in header
+    assert [r[0] for r in rows] == ["kriging", "identity"]  # whole-map mse would say the opposite
+    assert "Ranked on `rmse_gain_db@outdoor`" in text
+
+
+def test_labels_fitted_on_distribution_in_sample_and_costs(tmp_path, reported):
+    recs = [make_record("bilinear", dataset="real", train_dataset="city", kind="baseline",
+                        cost={"params": 0, "train_s": None, "infer_s_per_map": 0.001, "sampling_steps": None,
+                              "peak_mem_mb": 12.0}),
+            make_record("unet", dataset="real", train_dataset="city", kind="learned", distribution="ckm-unet",
+                        cost={"params": 1000, "train_s": 30.0, "infer_s_per_map": 0.01, "sampling_steps": None,
+                              "peak_mem_mb": 50.0}),
+            make_record("simulator", dataset="real", in_sample="fitted to Tx 0, 10, 12 of this map")]
+    _build(recs, tmp_path, reported)
+    text = (tmp_path / "lb" / "real" / "sr4.md").read_text()
+    by = _main_rows(text)
+    assert set(by) == {"bilinear", "unet (ckm-unet), fitted on city", "simulator (in-sample)"}
+    assert by["bilinear"]["train_s"] == "—" and by["unet (ckm-unet), fitted on city"]["train_s"] == "30.0"
+    assert "simulator [tiny] is in-sample, not a fair comparison: fitted to Tx 0, 10, 12" in text
+
+
+def test_rows_of_different_dataset_versions_are_refused_unless_allowed(tmp_path, reported):
+    recs = [make_record("idw", metrics={"mse": 0.02}), make_record("knn", metrics={"mse": 0.03}, dataset_hash="f" * 64)]
+    with pytest.raises(CkmError, match=r"city/sr4 would mix .*dddddddddddd \(1 record\), ffffffffffff.*--allow-mixed"):
+        _build(recs, tmp_path, reported)
+    _build(recs, tmp_path, reported, allow_mixed=True)
+    text = (tmp_path / "lb" / "city" / "sr4.md").read_text()
+    assert "Mixed dataset versions (--allow-mixed)" in text
+    assert _main_rows(text)["knn"]["data version"] == "ffffffffffff"
+
+
+def test_incremental_rebuild_renders_only_changed_tables_same_bytes(records, tmp_path, reported, monkeypatch):
+    _build(records, tmp_path, reported, out="inc")
+    changed = records + [make_record("idw", dataset="town", task="inpaint", metrics={"mse": 0.5},
+                                     date="2026-11-21T10:00:00+00:00")]
+    rendered = []
+    real = leaderboard._board_markdown
+    monkeypatch.setattr(leaderboard, "_board_markdown", lambda board, *a: rendered.append(board.task) or real(board, *a))
+    inc = _build(changed, tmp_path, reported, out="inc")
+    assert rendered == ["inpaint"]  # town/inpaint only; city/sr4 and other/inpaint untouched
+    full = _build(changed, tmp_path, reported, out="full", incremental=False)
+    as_bytes = lambda files, root: {p.relative_to(root).as_posix(): p.read_bytes() for p in files}
+    assert as_bytes(inc, tmp_path / "inc") == as_bytes(full, tmp_path / "full")
