@@ -129,7 +129,7 @@ class TrainResult:
     final_loss: float | None = None
     best_val: float | None = None
     selected: str = "last"
-    train_s: float = 0.0
+    train_s: float = 0.0  # training seconds over every session of this fit (resumes included)
     history: list = field(default_factory=list)  # (step, mean loss over the last log interval)
 
     def as_record(self) -> dict:
@@ -330,6 +330,8 @@ class Trainer:
         self.state_dir = Path(base) / name if base is not None else None
         self.best_state: dict | None = None
         self.best_val: float | None = None
+        self.elapsed_before = 0.0  # training seconds of earlier (interrupted) sessions of this fit
+        self._t0: float | None = None
 
     # ---------------------------------------------------------- state
     @property
@@ -349,6 +351,7 @@ class Trainer:
             "best": {"state": self.best_state, "val": self.best_val},
             "rng": rng_states(),
             "history": [[int(s), float(v)] for s, v in history],
+            "elapsed_s": self.elapsed_before + (time.perf_counter() - self._t0 if self._t0 else 0.0),
         }
 
     def save(self, step: int, history: list) -> None:
@@ -373,6 +376,7 @@ class Trainer:
         if self.ema and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
         self.best_state, self.best_val = state["best"]["state"], state["best"]["val"]
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
         set_rng_states(state["rng"])
         log.info("%s: resuming from step %d (%s)", self.name, state["step"], path)
         return int(state["step"]), [tuple(h) for h in state["history"]]
@@ -408,7 +412,7 @@ class Trainer:
         step, history = self.try_resume()
         result = TrainResult(steps_planned=cfg.steps, resumed_from=step or None, selected=cfg.select)
         net = self._wrap(self.model)
-        t0 = time.perf_counter()
+        t0 = self._t0 = time.perf_counter()
         bar = self._progress(step)
         window: list[float] = []
         last_saved = step
@@ -447,7 +451,7 @@ class Trainer:
             self.save(step, history)
         self._finalise()
         result.steps_done = step
-        result.train_s = time.perf_counter() - t0
+        result.train_s = self.elapsed_before + time.perf_counter() - t0  # all sessions of this fit
         result.history = history
         result.final_loss = history[-1][1] if history else None
         result.best_val = self.best_val
