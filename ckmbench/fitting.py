@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from pathlib import Path
 
 from .fitcache import FitEntry, describe, fit_hparams, fit_key
 from .training import dist_info, init_distributed
@@ -41,6 +42,11 @@ def fit_method(method, spec, *, version: str, train_task, train_name: str, train
         log.info("%s: using the cached fit %s", spec.name, entry.dir)
         method.load_state_dict(entry.load(map_location=ctx.device))
         return describe(entry, "cache", entry.meta())
+    shipped = FitEntry.for_run(spec.name, key, Path(spec.fits_dir)) if getattr(spec, "fits_dir", None) else None
+    if not refit and shipped is not None and _agreed(shipped.complete(), ctx):
+        log.info("%s: using the fit shipped with the plugin %s", spec.name, shipped.dir)
+        method.load_state_dict(shipped.load(map_location=ctx.device))
+        return describe(shipped, "shipped", shipped.meta())
     ctx.fit_dir = entry.dir
     if registry is not None:
         ctx.fit_dependency = _dependency_fitter(registry, ctx, train_task=train_task, train_name=train_name,

@@ -27,6 +27,9 @@ class MethodSpec:
     # Optional ``check_dataset(dataset) -> None`` raising CkmError where the method must not
     # be scored (e.g. the simulator on data it generated itself).
     check_dataset: Callable[[Any], None] | None = None
+    # Optional folder of fits shipped with the plugin (read-only, same layout as the fit
+    # cache): a run whose fit is there scores it without training (docs/training.md).
+    fits_dir: str | None = None
 
     def supports(self, task_name: str) -> bool:
         return task_name in self.tasks

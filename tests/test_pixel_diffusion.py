@@ -243,3 +243,37 @@ def test_diffusion_methods_refuse_tasks_without_measurements(reg, data, tmp_path
     with pytest.raises(CkmError, match="super-resolution"):
         method.fit(TaskData(data.split("train"), task, 0), TaskData(data.split("val"), task, 0), task,
                    RunContext(progress=False, fit_dir=Path(tmp_path)))
+
+
+def test_a_fit_shipped_with_the_plugin_is_scored_without_training(tmp_path, reg, data, monkeypatch):
+    import dataclasses
+    import shutil
+
+    from ckmbench.fitting import fit_method
+
+    ts = reg.task("sr4")
+    task = ts.make(**ts.params)
+    train, val = TaskData(data.split("train"), task, 0), TaskData(data.split("val"), task, 0)
+
+    def fit(spec, **kw):
+        method = spec.factory("tiny", dict(spec.profiles["tiny"]))
+        ctx = RunContext(seed=0, profile="tiny", progress=False)
+        info = fit_method(method, spec, version="t", train_task=task, train_name=DATASET, train_hash="h",
+                          profile="tiny", hparams=dict(spec.profiles["tiny"]), seed=0, train=train, val=val, ctx=ctx,
+                          registry=reg, **kw)
+        return method, info
+
+    monkeypatch.setenv("CKMBENCH_FITS", str(tmp_path / "maker"))
+    made, info = fit(reg.method("cgdm"))
+    shipped_root = tmp_path / "shipped"
+    folder = shipped_root / Path(info["dir"]).name
+    folder.mkdir(parents=True)
+    for name in ("fit.pt", "fit.json"):  # what a plugin ships: weights and their description
+        shutil.copy(Path(info["dir"]) / name, folder / name)
+    spec = dataclasses.replace(reg.method("cgdm"), fits_dir=str(shipped_root))
+    monkeypatch.setenv("CKMBENCH_FITS", str(tmp_path / "user"))
+    used, info2 = fit(spec)
+    assert info2["source"] == "shipped" and info2["steps_done"] == 12
+    assert all(torch.equal(a, b) for a, b in zip(made.state_dict()["net"].values(), used.state_dict()["net"].values()))
+    _, info3 = fit(spec, refit=True)
+    assert info3["source"] == "trained"
