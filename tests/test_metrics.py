@@ -159,6 +159,53 @@ def test_evaluate_names_and_values_by_hand():
     assert np.abs(res.per_sample["ssim@outdoor"] - ssim_out).max() < 1e-9  # the shared SSIM map, masked
 
 
+def test_evaluate_scores_every_region_in_one_pass(monkeypatch):
+    """One pass per chunk for all pixel metrics and regions, one SSIM map per chunk, and the
+    same values as metric-by-metric, region-by-region scoring."""
+    from ckmbench.metrics import ssim as ssim_module
+
+    calls = {"pixel": 0, "ssim": 0}
+    pixel_sums, ssim_group = pixel._pixel_sums_memo.fn, ssim_module._ssim_group
+
+    def count(key, fn):
+        def wrapped(*args):
+            calls[key] += 1
+            return fn(*args)
+        return wrapped
+
+    monkeypatch.setattr(pixel._pixel_sums_memo, "fn", count("pixel", pixel_sums))
+    monkeypatch.setattr(ssim_module, "_ssim_group", count("ssim", ssim_group))
+    p, t, gr, outdoor = eval_inputs(n=10)
+    hole = torch.zeros_like(outdoor)
+    hole[:, :, 2:9, 3:12] = True
+    regions = {"outdoor": outdoor, "hole": hole}
+    res = evaluate(p, t, gr, regions, fid=False, chunk=8)
+    assert calls == {"pixel": 2, "ssim": 2 + 1}  # 2 chunks; SSIM groups of 4: 8 -> 2, 2 -> 1
+    pc = p.clamp(0, 1)
+    for name, fn in [("mse", pixel.mse), ("nmse", pixel.nmse), ("psnr", pixel.psnr), ("mse_gain", pixel.mse_gain),
+                     ("ssim", lambda a, b, g, mask=None: ssim(a, b, mask))]:
+        for suffix, mask in [("", None), ("@outdoor", outdoor), ("@hole", hole)]:
+            expected = fn(pc, t, gr, mask=mask).numpy()
+            np.testing.assert_allclose(res.per_sample[name + suffix], expected, rtol=1e-12, atol=1e-15)
+
+
+def test_ssim_worker_threads_change_nothing(monkeypatch):
+    from ckmbench.metrics import pixel as pixel_module, ssim as ssim_module
+
+    t = structured_maps(9, 32, seed=3)
+    p = (t + 0.05 * torch.randn(t.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)).clamp(0, 1)
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(ssim_module, "idle_cores", lambda: 1)
+    serial = ssim_module.ssim_map(p, t)
+    monkeypatch.setattr(ssim_module, "idle_cores", lambda: 3)
+    with pixel_module.serial_torch_ops():  # as inside evaluate: the outer thread count is used
+        torch.set_num_threads(1)
+        with pixel_module.serial_torch_ops() as outer:
+            assert outer == threads
+            pooled = ssim_module.ssim_map(p, t.clone())
+    assert torch.equal(serial, pooled) and torch.get_num_threads() == threads
+
+
 def test_evaluate_clips_predictions_and_notes_zero_targets():
     t = torch.full((2, 1, 16, 16), 0.5)
     t[1] = 0.0

@@ -4,6 +4,8 @@ Calling conventions by ``MetricSpec.kind``:
 
 - ``per_sample``: ``compute(pred, target, gain_range, mask=None) -> Tensor (B,)`` on
   normalized maps (N,1,H,W); NaN marks a sample that cannot be scored (it is skipped).
+  Optional ``compute.all_regions(pred, target, gain_range, masks) -> [Tensor (B,), ...]``
+  scores every region at once (``masks``: list of masks, ``None`` = whole map).
 - ``aggregate``: ``compute(per_sample: dict[str, np.ndarray]) -> float | None`` over the
   per-sample values of one region (keys without the ``@region`` suffix); the inputs it
   needs are listed in ``compute.requires``.
@@ -26,6 +28,9 @@ from . import ssim as ssim_module
 def ssim_metric(pred, target, gain_range=None, mask=None):
     """SSIM per sample (Gaussian window, scikit-image definition), optionally over a mask."""
     return ssim_module.ssim(pred, target, mask)
+
+
+ssim_metric.all_regions = ssim_module.ssim_all_regions  # every region from one SSIM map
 
 
 def sqrt_of_mean(source: str):

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import CkmError, unknown_name
+from .pixel import serial_torch_ops
 
 BUILTIN_DISTRIBUTION = "ckmbench"
 SCORED_KINDS = ("per_sample", "aggregate", "distribution")
@@ -93,6 +94,43 @@ def _call_isolated(reg, name: str, notes: dict, fn, *args, **kwargs):
         return None
 
 
+def _score_regions(reg, name: str, spec, notes: dict, p, t, g, masks: list):
+    """A per-sample metric's values for every region (None after a failure): through
+    ``compute.all_regions`` in one call when the metric offers it, else region by region."""
+    all_regions = getattr(spec.compute, "all_regions", None)
+    if all_regions is not None:
+        out = _call_isolated(reg, name, notes, all_regions, p, t, g, masks)
+        if out is not None and len(out) != len(masks):
+            notes[name] = f"error: all_regions returned {len(out)} results for {len(masks)} regions"
+            out = None
+        yield from (out if out is not None else [None])
+        return
+    for m in masks:
+        yield _call_isolated(reg, name, notes, spec.compute, p, t, g, mask=m)
+
+
+def _score_chunks(registry, per_sample_specs: dict, variants: list, notes: dict, parts: dict, failed: set,
+                  preds, targets, gr, step: int) -> None:
+    """Per-sample metrics chunk by chunk, every region; values appended to ``parts``."""
+    for start in range(0, int(preds.shape[0]), step):
+        sl = slice(start, start + step)
+        p, t, g = preds[sl], targets[sl], gr[sl]
+        chunk_masks = [None if mask is None else mask[sl] for _, mask in variants]  # the same objects for every metric
+        for name, spec in per_sample_specs.items():
+            if name in failed:
+                continue
+            for suffix, out in zip((s for s, _ in variants), _score_regions(registry, name, spec, notes, p, t, g, chunk_masks)):
+                if out is None:
+                    failed.add(name)
+                    break
+                values = torch.as_tensor(out).detach().to("cpu", torch.float64).reshape(-1).numpy()
+                if values.shape[0] != p.shape[0]:
+                    notes[name] = f"error: returned {values.shape[0]} values for {p.shape[0]} maps"
+                    failed.add(name)
+                    break
+                parts.setdefault(name + suffix, []).append(values)
+
+
 def _mean(values: np.ndarray, key: str, notes: dict) -> float | None:
     finite = np.isfinite(values)
     skipped = int(values.size - finite.sum())
@@ -114,7 +152,8 @@ def evaluate(preds, targets, gain_range, regions=None, metrics=None, fid: bool =
         from ..plugins import registry as process_registry
 
         registry = process_registry()
-    preds, targets, gr, masks = _validate(preds, targets, gain_range, regions)
+    with serial_torch_ops():  # many small ops: threads would only synchronise (SSIM parallelises by itself)
+        preds, targets, gr, masks = _validate(preds, targets, gain_range, regions)
     n = int(preds.shape[0])
     specs = _select(registry, metrics)
     per_sample_specs = {k: s for k, s in specs.items() if s.kind == "per_sample"}
@@ -124,24 +163,8 @@ def evaluate(preds, targets, gain_range, regions=None, metrics=None, fid: bool =
     parts: dict[str, list[np.ndarray]] = {}
     failed: set[str] = set()
     step = max(1, int(chunk))
-    for start in range(0, n, step):
-        sl = slice(start, start + step)
-        p, t, g = preds[sl], targets[sl], gr[sl]
-        for name, spec in per_sample_specs.items():
-            if name in failed:
-                continue
-            for suffix, mask in variants:
-                m = None if mask is None else mask[sl]
-                out = _call_isolated(registry, name, notes, spec.compute, p, t, g, mask=m)
-                if out is None:
-                    failed.add(name)
-                    break
-                values = torch.as_tensor(out).detach().to("cpu", torch.float64).reshape(-1).numpy()
-                if values.shape[0] != p.shape[0]:
-                    notes[name] = f"error: returned {values.shape[0]} values for {p.shape[0]} maps"
-                    failed.add(name)
-                    break
-                parts.setdefault(name + suffix, []).append(values)
+    with serial_torch_ops():
+        _score_chunks(registry, per_sample_specs, variants, notes, parts, failed, preds, targets, gr, step)
     per_sample = {k: np.concatenate(v) for k, v in parts.items() if k.split("@", 1)[0] not in failed}
 
     summary: dict[str, float | None] = {}

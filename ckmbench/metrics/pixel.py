@@ -1,13 +1,22 @@
-"""Per-sample pixel and gain metrics on normalized maps (DESIGN §5).
+"""Per-sample pixel and gain metrics on normalized maps (docs/metrics.md).
 
 Every function takes batches ``pred``, ``target`` (N,1,H,W) of normalized maps u in [0, 1]
 (the evaluator clips predictions first), an optional (N,1,H,W) bool ``mask`` restricting
 the pixels scored (a region such as ``outdoor`` or ``hole``), and returns one float64 value
 per sample (N,). A sample that cannot be scored (empty region, nmse with an all-zero
 target) gets NaN; the evaluator skips NaNs and notes how many.
+
+Each metric also has ``.all_regions(pred, target, gain_range, masks)``: one value tensor per
+entry of ``masks`` (``None`` = the whole map). The evaluator calls it once per chunk, and the
+per-pixel sums every pixel metric needs (count, Σe², Σu² per region) are computed once for
+all regions, in one pass, and shared by mse, nmse, mse_gain and psnr.
 """
 
 from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Callable, Sequence
 
 import torch
 
@@ -16,7 +25,8 @@ from ..errors import CkmError
 PSNR_CAP_DB = 100.0
 
 
-def _prepare(pred, target, mask, who: str):
+def _check_pair(pred, target, who: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both as tensors (the same objects when they already are), shapes checked."""
     pred = torch.as_tensor(pred)
     target = torch.as_tensor(target)
     if pred.shape != target.shape or pred.dim() != 4 or pred.shape[1] != 1:
@@ -24,48 +34,162 @@ def _prepare(pred, target, mask, who: str):
             f"{who}: prediction {tuple(pred.shape)} and target {tuple(target.shape)} must both be (N,1,H,W): "
             "pass single-channel map batches of one size"
         )
-    if mask is not None:
-        mask = torch.as_tensor(mask)
-        if tuple(mask.shape) != tuple(pred.shape):
-            raise CkmError(f"{who}: mask {tuple(mask.shape)} must have the maps' shape {tuple(pred.shape)}: pass a (N,1,H,W) bool mask")
-        mask = mask.to(device=pred.device, dtype=torch.bool)
-    return pred.to(torch.float64), target.to(device=pred.device, dtype=torch.float64), mask
+    return pred, target
 
 
-def _masked_sum(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    if mask is not None:
-        x = x * mask
-    return x.flatten(1).sum(dim=1)
+_OUTER_THREADS: list[int] = []
 
 
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean over (masked) pixels per sample; NaN where the mask is empty."""
-    if mask is None:
-        return x.flatten(1).mean(dim=1)
-    count = mask.flatten(1).sum(dim=1).to(torch.float64)
-    total = _masked_sum(x, mask)
-    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
+@contextmanager
+def serial_torch_ops():
+    """torch ops single-threaded inside the block; yields the thread count outside it (the
+    outermost one when nested), for code that runs whole pieces of work in parallel instead.
+
+    Scoring is many small tensor ops; split over threads each costs a synchronisation, and
+    on a machine whose cores are shared (training jobs) that made scoring up to 10x slower.
+    """
+    _OUTER_THREADS.append(_OUTER_THREADS[-1] if _OUTER_THREADS else torch.get_num_threads())
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield _OUTER_THREADS[-1]
+    finally:
+        torch.set_num_threads(before)
+        _OUTER_THREADS.pop()
 
 
-def mse(pred, target, gain_range=None, mask=None) -> torch.Tensor:
+def idle_cores() -> int:
+    """Cores not taken by other processes (1-minute load average, this process counted as
+    one), at least 1; all of them where the load is unknown."""
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return cores
+    return max(1, min(cores, int(cores - load + 1)))
+
+
+class LastResult:
+    """Memo of the last call of ``fn``, keyed by the identity (and version) of its tensor
+    arguments: the evaluator passes the same chunk tensors to every metric, so whatever
+    several metrics share is computed once per chunk."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+        self.args: tuple = ()
+        self.versions: tuple = ()
+        self.value = None
+
+    @staticmethod
+    def _flat(args) -> tuple:
+        out = []
+        for a in args:
+            out.extend(a if isinstance(a, (tuple, list)) else (a,))
+        return tuple(out)
+
+    def __call__(self, *args):
+        flat = self._flat(args)
+        versions = tuple(a._version if isinstance(a, torch.Tensor) else None for a in flat)
+        same = len(flat) == len(self.args) and all(a is b for a, b in zip(flat, self.args))
+        if not (same and versions == self.versions):
+            self.value = None  # drop the old result before computing the new one
+            self.value = self.fn(*args)
+            self.args, self.versions = flat, versions
+        return self.value
+
+
+def _check_masks(pred, masks, who: str) -> list:
+    out = []
+    for m in masks:
+        if m is not None:
+            m = torch.as_tensor(m)
+            if tuple(m.shape) != tuple(pred.shape):
+                raise CkmError(f"{who}: mask {tuple(m.shape)} must have the maps' shape {tuple(pred.shape)}: pass a (N,1,H,W) bool mask")
+            m = m.to(device=pred.device, dtype=torch.bool)
+        out.append(m)
+    return out
+
+
+def region_means(values: torch.Tensor, masks: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sums and pixel counts of per-pixel ``values`` (N,K,P) over every region, in one pass.
+
+    ``masks``: (N,P) bool or None (every pixel). Returns sums (N,V,K) and counts (N,V),
+    V = len(masks), both float64.
+    """
+    n, _, p = values.shape
+    sums = torch.empty(n, len(masks), values.shape[1], dtype=torch.float64, device=values.device)
+    counts = torch.empty(n, len(masks), dtype=torch.float64, device=values.device)
+    whole = [i for i, m in enumerate(masks) if m is None]
+    parts = [i for i, m in enumerate(masks) if m is not None]
+    if whole:
+        sums[:, whole] = values.sum(dim=2)[:, None]
+        counts[:, whole] = float(p)
+    if parts:
+        weights = torch.stack([masks[i] for i in parts], dim=1).to(torch.float64)  # (N,R,P)
+        sums[:, parts] = weights @ values.transpose(1, 2)  # every region at once: (N,R,K)
+        counts[:, parts] = weights.sum(dim=2)
+    return sums, counts
+
+
+def _divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """num / den, NaN where den is 0."""
+    ok = den > 0
+    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.full_like(num, float("nan")))
+
+
+def _pixel_sums(pred, target, masks) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sums (N,V,2) of [e², u²], counts (N,V)) per region, float64."""
+    p = pred.to(torch.float64)
+    t = target.to(device=pred.device, dtype=torch.float64)
+    values = torch.empty(p.shape[0], 2, p[0].numel(), dtype=torch.float64, device=p.device)  # (N,2,P): e², u²
+    torch.sub(t.flatten(1), p.flatten(1), out=values[:, 0]).square_()
+    torch.mul(t.flatten(1), t.flatten(1), out=values[:, 1])
+    return region_means(values, [None if m is None else m.flatten(1) for m in masks])
+
+
+_pixel_sums_memo = LastResult(_pixel_sums)
+
+
+def _sums(pred, target, masks, who: str):
+    pred, target = _check_pair(pred, target, who)
+    return _pixel_sums_memo(pred, target, _check_masks(pred, masks, who))
+
+
+def _single(all_regions: Callable) -> Callable:
+    """The one-region form ``f(pred, target, gain_range=None, mask=None)`` of an all-regions metric."""
+
+    def one(pred, target, gain_range=None, mask=None, **kwargs) -> torch.Tensor:
+        return all_regions(pred, target, gain_range, [mask], **kwargs)[0]
+
+    one.all_regions = all_regions
+    one.__name__ = all_regions.__name__.removesuffix("_all_regions")
+    one.__doc__ = all_regions.__doc__
+    return one
+
+
+def _mse_values(pred, target, masks, who: str) -> list[torch.Tensor]:
+    sums, counts = _sums(pred, target, masks, who)
+    return list(_divide(sums[..., 0], counts).unbind(1))
+
+
+def _mse_all_regions(pred, target, gain_range=None, masks=(None,)) -> list[torch.Tensor]:
     """mean(e^2) with e = u - û, per sample."""
-    pred, target, mask = _prepare(pred, target, mask, "mse")
-    return _masked_mean((target - pred) ** 2, mask)
+    return _mse_values(pred, target, masks, "mse")
 
 
-def nmse(pred, target, gain_range=None, mask=None) -> torch.Tensor:
+def _nmse_all_regions(pred, target, gain_range=None, masks=(None,)) -> list[torch.Tensor]:
     """sum(e^2) / sum(u^2) per sample (CKMDiff eq. 25); NaN where sum(u^2) = 0 or the mask is empty."""
-    pred, target, mask = _prepare(pred, target, mask, "nmse")
-    num = _masked_sum((target - pred) ** 2, mask)
-    den = _masked_sum(target ** 2, mask)
-    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.full_like(num, float("nan")))
+    sums, _ = _sums(pred, target, masks, "nmse")
+    return list(_divide(sums[..., 0], sums[..., 1]).unbind(1))
 
 
-def psnr(pred, target, gain_range=None, mask=None, cap: float = PSNR_CAP_DB) -> torch.Tensor:
+def _psnr_all_regions(pred, target, gain_range=None, masks=(None,), cap: float = PSNR_CAP_DB) -> list[torch.Tensor]:
     """10 log10(1 / mse) per sample (peak 1 on normalized maps), capped at ``cap`` dB."""
-    err = mse(pred, target, mask=mask)
-    value = 10.0 * torch.log10(1.0 / err)  # mse 0 -> +inf -> capped
-    return torch.where(torch.isnan(err), err, value.clamp(max=cap))
+    out = []
+    for err in _mse_values(pred, target, masks, "psnr"):
+        value = 10.0 * torch.log10(1.0 / err)  # mse 0 -> +inf -> capped
+        out.append(torch.where(torch.isnan(err), err, value.clamp(max=cap)))
+    return out
 
 
 def _gain_range(gain_range, n: int, device) -> torch.Tensor:
@@ -77,12 +201,18 @@ def _gain_range(gain_range, n: int, device) -> torch.Tensor:
     return gr
 
 
-def mse_gain(pred, target, gain_range=None, mask=None) -> torch.Tensor:
-    """mean((g - ĝ)^2) in dB^2 with g = g_min + u (g_max - g_min) using each sample's range."""
-    pred, target, mask = _prepare(pred, target, mask, "mse_gain")
+def _mse_gain_all_regions(pred, target, gain_range=None, masks=(None,)) -> list[torch.Tensor]:
+    """mean((g - ĝ)^2) in dB^2 with g = g_min + u (g_max - g_min) using each sample's range.
+
+    g - ĝ = (u - û)(g_max - g_min), so it is the sample's span² times its mse.
+    """
+    pred = torch.as_tensor(pred)
     gr = _gain_range(gain_range, pred.shape[0], pred.device)
-    g_min = gr[:, 0].view(-1, 1, 1, 1)
-    span = (gr[:, 1] - gr[:, 0]).view(-1, 1, 1, 1)
-    g = g_min + target * span
-    g_hat = g_min + pred * span
-    return _masked_mean((g - g_hat) ** 2, mask)
+    span2 = (gr[:, 1] - gr[:, 0]).square()
+    return [span2 * err for err in _mse_values(pred, target, masks, "mse_gain")]
+
+
+mse = _single(_mse_all_regions)
+nmse = _single(_nmse_all_regions)
+psnr = _single(_psnr_all_regions)
+mse_gain = _single(_mse_gain_all_regions)
