@@ -19,8 +19,9 @@ def _fmt(v) -> str:
 
 
 def print_record(record: dict) -> None:
+    fitted = record["train_dataset"] != record["dataset"] and record.get("method_kind", "learned") != "baseline"
     head = (f"{record['method']} on {record['task']} / {record['dataset']}"
-            f"{' (trained on ' + record['train_dataset'] + ')' if record['train_dataset'] != record['dataset'] else ''}"
+            f"{', fitted on ' + record['train_dataset'] if fitted else ''}"
             f" [{record['profile']}, seed {record['seed']}, N={record['n_test']}]")
     click.echo(head)
     if record["status"] != "done":
@@ -29,7 +30,7 @@ def print_record(record: dict) -> None:
     metrics = record["metrics"]
     names = [m for m in MAIN_METRICS if m in metrics] + sorted(k for k in metrics if k not in MAIN_METRICS)
     rows = [[n, _fmt(metrics[n])] for n in names]
-    rows += [[k, _fmt(v)] for k, v in record["cost"].items()]
+    rows += [[k, "—" if v is None else _fmt(v)] for k, v in record["cost"].items()]  # — : does not apply
     if isinstance(record["metric_notes"].get("fid"), str):
         rows.append(["fid note", record["metric_notes"]["fid"]])
     click.echo(tabulate(rows, headers=["metric", "value"], tablefmt="simple"))

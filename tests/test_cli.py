@@ -255,3 +255,17 @@ def test_default_run_writes_the_user_store_not_the_project(tmp_path, monkeypatch
     cli.main(["leaderboard"])
     assert (tmp_path / "xdg" / "ckmbench" / "leaderboards" / "city-tiny" / "sr4.md").is_file()
     assert sorted(p.name for p in project.iterdir()) == ["results"]
+
+
+def test_printed_record_says_fitted_on_only_for_learned_methods(capsys):
+    from ckmbench.report import print_record
+
+    rec = {"method": "bilinear", "task": "sr4", "dataset": "radiomapseer-map0", "train_dataset": "city",
+           "method_kind": "baseline", "profile": "small", "seed": 0, "n_test": 5, "status": "done",
+           "metrics": {"mse": 0.01}, "metric_notes": {}, "cost": {"train_s": None, "params": 0},
+           "record_id": "0" * 32, "run_dir": "r"}
+    print_record(rec)
+    out = capsys.readouterr().out
+    assert "fitted on" not in out and "trained on" not in out and "—" in out
+    print_record({**rec, "method": "cdiff", "method_kind": "diffusion"})
+    assert "cdiff on sr4 / radiomapseer-map0, fitted on city" in capsys.readouterr().out
