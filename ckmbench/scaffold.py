@@ -1,8 +1,9 @@
 """`ckmbench new-plugin NAME`: write a ready third-party plugin package.
 
 The package registers one method through the "ckmbench" entry-point group; the method is
-a real (if simple) learned baseline: a per-pixel least-squares blend of the bilinear
-upsampled observation and its mean, so the skeleton trains and predicts out of the box.
+a real (if simple) learned baseline: a per-pixel least-squares blend of the observation,
+upsampled bilinearly through the sampled pixels, and its mean (three ``nn.Parameter``s), so
+the skeleton trains, predicts and matches bilinear out of the box.
 """
 
 from __future__ import annotations

@@ -21,13 +21,18 @@ def test_generated_plugin_installs_and_runs(tmp_path):
     plugins = subprocess.run([sys.executable, "-m", "ckmbench.cli", "plugins"], env=env, capture_output=True, text=True)
     assert "ckmbench-my-method" in plugins.stdout and "my-method" in plugins.stdout
     store = tmp_path / "r.jsonl"
-    out = subprocess.run([sys.executable, "-m", "ckmbench.cli", "run", "--method", "my-method", "--task", "sr4",
+    out = subprocess.run([sys.executable, "-m", "ckmbench.cli", "run", "--method", "my-method,bilinear", "--task", "sr4",
                           "--dataset", "city-tiny", "--profile", "tiny", "--store", str(store), "--runs-dir",
                           str(tmp_path / "runs"), "--no-progress"], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    rec = json.loads(store.read_text().splitlines()[-1])
+    recs = {r["method"]: r for r in map(json.loads, store.read_text().splitlines())}
+    rec = recs["my-method"]
     assert rec["status"] == "done" and rec["method_distribution"] == "ckmbench-my-method"
-    assert rec["metrics"]["psnr"] > 10
+    # the scaffold is a working learned method: trainable parameters that count, and at least
+    # bilinear's accuracy (it upsamples through the sampled pixels, then fits a blend on top)
+    assert rec["cost"]["params"] == 3
+    assert rec["metrics"]["psnr"] >= recs["bilinear"]["metrics"]["psnr"] - 0.01
+    assert rec["metrics"]["mse"] <= recs["bilinear"]["metrics"]["mse"] * 1.002
     tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(folder / "tests")],
                            env=env, capture_output=True, text=True, cwd=tmp_path)
     assert tests.returncode == 0, tests.stdout + tests.stderr
