@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from ckmbench.errors import CkmError
+from ckmbench.data.uma import build_uma_dataset
 from ckmbench.sim.uma import (
     UmaParams,
-    build_uma_dataset,
     correlated_gaussian_fields,
     simulate_uma_map,
     uma_breakpoint_m,
@@ -142,3 +142,15 @@ def test_dataset_is_deterministic_and_maps_do_not_depend_on_count():
 def test_dataset_rejects_bad_sizes():
     with pytest.raises(CkmError, match="n_maps"):
         build_uma_dataset(size=32, n_maps=0, progress=False)
+
+
+def test_the_model_stays_in_sim_and_the_dataset_builder_in_data():
+    """sim/ holds propagation models; every dataset builder lives in ckmbench.data."""
+    from ckmbench.data import builtin
+    from ckmbench.sim import uma as sim_uma
+
+    assert not hasattr(sim_uma, "build_uma_dataset")
+    assert not any(getattr(v, "__module__", "").startswith("ckmbench.data") for v in vars(sim_uma).values())
+    assert build_uma_dataset.__module__ == "ckmbench.data.uma"
+    ds = builtin.load_uma("city-uma-tiny", progress=False)
+    assert ds.meta["source"] == "3gpp-38901-uma"

@@ -79,7 +79,7 @@ def _merge_complete_shards(name: str):
 
 def load_uma(name: str, root=None, progress: bool = True, force: bool = False, **_):
     """A 3GPP TR 38.901 UMa channel-power dataset without buildings (cached)."""
-    from ..sim.uma import build_uma_dataset
+    from .uma import build_uma_dataset
 
     config = {"builder": "uma", **UMA_CONFIGS[name], "version": __version__}
     return cached(name, config, lambda: build_uma_dataset(name=name, **UMA_CONFIGS[name], progress=progress), force=force)
