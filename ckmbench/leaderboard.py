@@ -1,4 +1,4 @@
-"""Result records -> leaderboards/<dataset>/<task>.md and .png (DESIGN §7).
+"""Result records -> leaderboards/<dataset>/<task>.md and .png (docs/leaderboards.md).
 
 One markdown table per (dataset, task): reproduced runs first (the newest ``done`` record per
 seed, averaged over seeds), then -- in a separate, labelled table -- the numbers the papers

@@ -1,4 +1,4 @@
-"""The method contract (DESIGN §2) and the context every call receives."""
+"""The method contract (docs/plugins.md) and the context every call receives."""
 
 from __future__ import annotations
 

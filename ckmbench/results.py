@@ -1,4 +1,4 @@
-"""The results store: one JSON record per run, appended atomically (DESIGN §7).
+"""The results store: one JSON record per run, appended atomically (docs/protocol.md §5).
 
 The store is a JSON-lines file. Appends take a file lock, write the whole new file to a
 temporary name and rename it over the old one, so two runs at once never lose or corrupt

@@ -237,7 +237,7 @@ def load_image_folder(root, gain_range=(-147.0, -47.0), pixel_m: float = 1.0, na
 
 
 def load_ckmimagenet(root, **kw) -> MapDataset:
-    """CKMImageNet exports: the image-folder layout on the (-250, -50) dB scale (DESIGN §3)."""
+    """CKMImageNet exports: the image-folder layout on the (-250, -50) dB scale (docs/protocol.md §1)."""
     kw.setdefault("gain_range", CKMIMAGENET_GAIN_RANGE_DB)
     kw.setdefault("name", "ckmimagenet")
     ds = load_image_folder(root, **kw)

@@ -9,7 +9,7 @@ Layout read (Yapar et al., arXiv 2212.11777; RadioUNet conventions)::
     png/antennas/{map}_{tx}.png                                      255 at the Tx (fallback)
 
 gray/255 = u on (-147, -47) dB, 1 m per pixel, Tx height 1.5 m; pixel row = H-1-y, col = x.
-The standard split is the RadioUNet one (DESIGN §3); maps outside 1..700 are test maps.
+The standard split is the RadioUNet one (docs/protocol.md §2); maps outside 1..700 are test maps.
 """
 
 from __future__ import annotations

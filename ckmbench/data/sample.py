@@ -1,4 +1,4 @@
-"""The radio-map sample model (DESIGN §3) and an in-memory dataset of samples.
+"""The radio-map sample model (docs/protocol.md §1) and an in-memory dataset of samples.
 
 A sample is one transmitter in one scene. Methods and metrics work on the normalized map
 ``u = clip((g - g_min) / (g_max - g_min), 0, 1)`` with building pixels at 0.

@@ -2,7 +2,7 @@
 
 A task turns a sample into (observation, target). Every random choice is drawn from a
 generator seeded by a hash of (dataset, scene, tx, task, seed), so every method sees the
-identical observation (DESIGN §4).
+identical observation (docs/protocol.md §3).
 """
 
 from __future__ import annotations

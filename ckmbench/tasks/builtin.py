@@ -1,4 +1,4 @@
-"""The built-in tasks of DESIGN §4, registered through the "ckmbench" entry-point group.
+"""The built-in tasks (docs/tasks.md), registered through the "ckmbench" entry-point group.
 
 Each task is a small ``Task`` subclass that applies the operators of
 :mod:`ckmbench.tasks.operators` with the seeded generator of the base class, so every

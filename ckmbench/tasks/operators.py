@@ -1,4 +1,4 @@
-"""Observation operators: the pure, seeded degradations behind the built-in tasks (DESIGN §4).
+"""Observation operators: the pure, seeded degradations behind the built-in tasks (docs/tasks.md).
 
 Each function takes numpy arrays (and a ``numpy.random.Generator`` where it draws) and
 returns new arrays; nothing here knows about samples or tasks, so the same operators serve
