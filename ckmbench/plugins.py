@@ -109,12 +109,14 @@ class _SigintWatch:
 
     def __enter__(self):
         self.received = False
+        self._installed = False
         self._previous = None
         if threading.current_thread() is threading.main_thread():
             try:
                 self._previous = signal.signal(signal.SIGINT, self._handle)
+                self._installed = True
             except (ValueError, OSError, TypeError):
-                self._previous = None
+                pass
         return self
 
     def _handle(self, signum, frame):
@@ -125,8 +127,8 @@ class _SigintWatch:
             raise KeyboardInterrupt
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        if self._installed:  # a handler set outside Python reads back as None: restore the default then
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.default_int_handler)
         return False
 
 
