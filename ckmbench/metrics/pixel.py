@@ -110,24 +110,46 @@ def _check_masks(pred, masks, who: str) -> list:
     return out
 
 
-def region_means(values: torch.Tensor, masks: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sums and pixel counts of per-pixel ``values`` (N,K,P) over every region, in one pass.
+class _MaskWeights:
+    """R bool (N,1,H,W) masks as (N,R,H·W) float64 0/1 weights for one matrix product, and
+    their pixel counts (per crop), computed once per chunk for every metric."""
 
-    ``masks``: (N,P) bool or None (every pixel). Returns sums (N,V,K) and counts (N,V),
-    V = len(masks), both float64.
+    def __init__(self, *masks: torch.Tensor):
+        self.shape = masks[0].shape
+        self.weights = torch.stack([m.flatten(1) for m in masks], dim=1).to(torch.float64)
+        self._counts: dict[int, torch.Tensor] = {}
+
+    def counts(self, crop: int) -> torch.Tensor:
+        if crop not in self._counts:
+            h, w = self.shape[-2:]
+            grid = self.weights.view(*self.weights.shape[:2], h, w)[..., crop:h - crop, crop:w - crop]
+            self._counts[crop] = grid.sum(dim=(2, 3))
+        return self._counts[crop]
+
+
+_mask_weights_memo = LastResult(_MaskWeights)  # shared by every metric of a chunk
+
+
+def region_means(values: torch.Tensor, masks: Sequence[torch.Tensor | None], crop: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sums and pixel counts of per-pixel ``values`` (N,K,H,W) over every region, in one pass.
+
+    ``masks``: (N,1,H,W) bool or None (every pixel). ``crop``: the values exist only
+    ``crop`` pixels away from the border (they must be 0 outside), and only the pixels
+    inside are counted. Returns sums (N,V,K) and counts (N,V), V = len(masks), float64.
     """
-    n, _, p = values.shape
-    sums = torch.empty(n, len(masks), values.shape[1], dtype=torch.float64, device=values.device)
+    n, k, h, w = values.shape
+    flat = values.reshape(n, k, h * w)
+    sums = torch.empty(n, len(masks), k, dtype=torch.float64, device=values.device)
     counts = torch.empty(n, len(masks), dtype=torch.float64, device=values.device)
-    whole = [i for i, m in enumerate(masks) if m is None]
     parts = [i for i, m in enumerate(masks) if m is not None]
-    if whole:
-        sums[:, whole] = values.sum(dim=2)[:, None]
-        counts[:, whole] = float(p)
     if parts:
-        weights = torch.stack([masks[i] for i in parts], dim=1).to(torch.float64)  # (N,R,P)
-        sums[:, parts] = weights @ values.transpose(1, 2)  # every region at once: (N,R,K)
-        counts[:, parts] = weights.sum(dim=2)
+        weights = _mask_weights_memo(*[masks[i] for i in parts])
+        sums[:, parts] = weights.weights @ flat.transpose(1, 2)  # every region at once: (N,R,K)
+        counts[:, parts] = weights.counts(crop)
+    whole = [i for i, m in enumerate(masks) if m is None]
+    if whole:
+        sums[:, whole] = flat.sum(dim=2)[:, None]
+        counts[:, whole] = float((h - 2 * crop) * (w - 2 * crop))
     return sums, counts
 
 
@@ -141,10 +163,10 @@ def _pixel_sums(pred, target, masks) -> tuple[torch.Tensor, torch.Tensor]:
     """(sums (N,V,2) of [e², u²], counts (N,V)) per region, float64."""
     p = pred.to(torch.float64)
     t = target.to(device=pred.device, dtype=torch.float64)
-    values = torch.empty(p.shape[0], 2, p[0].numel(), dtype=torch.float64, device=p.device)  # (N,2,P): e², u²
-    torch.sub(t.flatten(1), p.flatten(1), out=values[:, 0]).square_()
-    torch.mul(t.flatten(1), t.flatten(1), out=values[:, 1])
-    return region_means(values, [None if m is None else m.flatten(1) for m in masks])
+    values = torch.empty(p.shape[0], 2, *p.shape[2:], dtype=torch.float64, device=p.device)  # (N,2,H,W): e², u²
+    torch.sub(t[:, 0], p[:, 0], out=values[:, 0]).square_()
+    torch.mul(t[:, 0], t[:, 0], out=values[:, 1])
+    return region_means(values, masks)
 
 
 _pixel_sums_memo = LastResult(_pixel_sums)

@@ -115,7 +115,15 @@ def ssim_map(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return out.unsqueeze(1)
 
 
-_ssim_map_memo = LastResult(ssim_map)
+def _ssim_padded(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The SSIM map at full size (N,1,H,W), 0 on the cropped border."""
+    s = ssim_map(pred, target)
+    full = s.new_zeros(*pred.shape)
+    full[..., RADIUS:-RADIUS, RADIUS:-RADIUS] = s
+    return full
+
+
+_ssim_padded_memo = LastResult(_ssim_padded)
 
 
 def ssim_all_regions(pred, target, gain_range=None, masks=(None,)) -> list[torch.Tensor]:
@@ -127,10 +135,8 @@ def ssim_all_regions(pred, target, gain_range=None, masks=(None,)) -> list[torch
     pred, target = _check_pair(pred, target, "ssim")
     masks = _check_masks(pred, masks, "ssim")
     _check_size(pred, "ssim")
-    s = _ssim_map_memo(pred, target)
-    inner = [None if m is None else m[:, 0, RADIUS:-RADIUS, RADIUS:-RADIUS].reshape(m.shape[0], -1).to(s.device)
-             for m in masks]
-    sums, counts = region_means(s.flatten(1)[:, None], inner)
+    s = _ssim_padded_memo(pred, target)
+    sums, counts = region_means(s, masks, crop=RADIUS)  # the pixel metrics' mask weights, reused
     return list(_divide(sums[..., 0], counts).unbind(1))
 
 
