@@ -40,12 +40,12 @@ def fit_method(method, spec, *, version: str, train_task, train_name: str, train
         entry.clear()
     if _agreed(entry.complete(), ctx):
         log.info("%s: using the cached fit %s", spec.name, entry.dir)
-        method.load_state_dict(entry.load(map_location=ctx.device))
+        _load_fit(method, entry, ctx)
         return describe(entry, "cache", entry.meta())
     shipped = FitEntry.for_run(spec.name, key, Path(spec.fits_dir)) if getattr(spec, "fits_dir", None) else None
     if not refit and shipped is not None and _agreed(shipped.complete(), ctx):
         log.info("%s: using the fit shipped with the plugin %s", spec.name, shipped.dir)
-        method.load_state_dict(shipped.load(map_location=ctx.device))
+        _load_fit(method, shipped, ctx)
         return describe(shipped, "shipped", shipped.meta())
     ctx.fit_dir = entry.dir
     if registry is not None:
@@ -64,6 +64,19 @@ def fit_method(method, spec, *, version: str, train_task, train_name: str, train
     if main:
         entry.save(method.state_dict(), meta)
     return describe(entry, "trained", meta)
+
+
+def _load_fit(method, entry, ctx) -> None:
+    """Weights of a stored fit into ``method``; weights that no longer fit its code are one clear line."""
+    from .errors import CkmError
+
+    state = entry.load(map_location=ctx.device)
+    try:
+        method.load_state_dict(state)
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CkmError(f"the stored fit {entry.dir} does not match the current code of '{method.name}' "
+                       f"({first[:160]}): pass --refit to train it again") from None
 
 
 def _agreed(flag: bool, ctx) -> bool:

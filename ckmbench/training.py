@@ -292,11 +292,10 @@ def save_atomic(obj, path: Path) -> None:
 
 def load_state(path: Path, map_location="cpu") -> dict:
     """A trainer state written by ``save_atomic``; never unpickles code (weights_only)."""
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise CkmError(f"training state {path} is not a ckmbench training state ({type(exc).__name__}): "
-                       f"delete it or pass --refit to train from scratch") from None
+    from .checkpoints import load_checkpoint_file
+
+    return load_checkpoint_file(path, map_location, what="training state", kind="a ckmbench training state",
+                                fix="delete it or pass --refit to train from scratch")
 
 
 # ------------------------------------------------------------------ the trainer

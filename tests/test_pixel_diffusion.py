@@ -277,3 +277,16 @@ def test_a_fit_shipped_with_the_plugin_is_scored_without_training(tmp_path, reg,
     assert all(torch.equal(a, b) for a, b in zip(made.state_dict()["net"].values(), used.state_dict()["net"].values()))
     _, info3 = fit(spec, refit=True)
     assert info3["source"] == "trained"
+
+
+def test_a_stored_fit_that_no_longer_matches_the_code_is_one_clear_line(tmp_path, reg):
+    common = dict(method="cgdm", task="sr4", dataset=DATASET, profile="tiny", runs_dir=str(tmp_path / "runs"),
+                  store=str(tmp_path / "s.jsonl"), progress=False, max_test=2, examples=0)
+    first = run(RunConfig(**common), reg)
+    fit_pt = Path(first["fit"]["dir"]) / "fit.pt"
+    state = torch.load(fit_pt, weights_only=True)
+    state["net"] = {k + ".renamed": v for k, v in state["net"].items()}  # as if the code had changed
+    torch.save(state, fit_pt)
+    again = run(RunConfig(**common), reg)
+    assert again["status"] == "error" and "--refit" in again["message"] and "\n" not in again["message"]
+    assert run(RunConfig(refit=True, **common), reg)["status"] == "done"
