@@ -257,3 +257,17 @@ def test_ddim_equals_diffusers_ddim(prediction, steps, eta, spacing):
         vn = noises[i] if eta > 0 else None
         x = sch.step(_fake_model(x, tt), int(t), x, eta=eta, variance_noise=vn).prev_sample
         torch.testing.assert_close(ours[i][1], x, rtol=1e-4, atol=5e-5)
+
+
+def test_per_pixel_clip_range_bounds_each_pixel_of_x0_hat():
+    """clip_x0 may be per-pixel tensors (e.g. the range that keeps bicubic + residual in [0, 1])."""
+    d = GaussianDiffusion(make_betas("linear", 20, 1e-3, 0.2), "eps")
+    lo = -torch.rand(SHAPE, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    hi = lo + 0.1
+    out = d.ddim_sample(_fake_model, SHAPE, steps=1, generator=torch.Generator().manual_seed(0), clip_x0=(lo, hi),
+                        dtype=torch.float64)  # one step from t = T-1: the output is the clipped x0_hat
+    assert bool(((out >= lo) & (out <= hi)).all())
+    assert bool((out == lo).any() or (out == hi).any())
+    x0 = (lo + hi) / 2  # an oracle inside the range is untouched
+    torch.testing.assert_close(d.ddim_sample(_oracle(d, x0), SHAPE, steps=5, clip_x0=(lo, hi), dtype=torch.float64,
+                                             generator=torch.Generator().manual_seed(0)), x0, rtol=1e-9, atol=1e-9)

@@ -199,7 +199,9 @@ class GaussianDiffusion:
         tvec = torch.full((x.shape[0],), t_int, dtype=torch.long, device=x.device)
         x0_hat, eps_hat = self.split(x, tvec, model_fn(x, tvec))
         if clip_x0 is not None:
-            x0_hat = x0_hat.clamp(float(clip_x0[0]), float(clip_x0[1]))
+            lo, hi = clip_x0  # numbers, or tensors broadcastable to x (a per-pixel valid range)
+            x0_hat = torch.maximum(torch.minimum(x0_hat, torch.as_tensor(hi, dtype=x0_hat.dtype, device=x.device)),
+                                   torch.as_tensor(lo, dtype=x0_hat.dtype, device=x.device))
             eps_hat = self.eps_from_x0(x, tvec, x0_hat)
         return x0_hat, eps_hat
 
@@ -220,7 +222,8 @@ class GaussianDiffusion:
 
         ``x_{t-1} = coef1_t x0_hat + coef2_t x_t + sigma_t z`` with the posterior variance
         ``sigma_t^2 = beta_t (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)`` and ``z`` drawn only for
-        ``t > 0``. ``clip_x0 = (lo, hi)`` clamps ``x0_hat`` before it is used. ``x_T`` replaces
+        ``t > 0``. ``clip_x0 = (lo, hi)`` clamps ``x0_hat`` before it is used (numbers,
+        or tensors broadcastable to the sample for a per-pixel range). ``x_T`` replaces
         the initial draw; ``callback(t, x_{t-1})`` is called after each step.
         """
         x, device = self._prepare(shape, generator, device, dtype, x_T)

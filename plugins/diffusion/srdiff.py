@@ -80,8 +80,13 @@ class SRDiffusion(Method):
     def condition(self, up: torch.Tensor) -> torch.Tensor:
         return (2.0 * up - 1.0).repeat(1, self.channels, 1, 1)
 
-    def clip_range(self):
-        return None if self.residual else (-1.0, 1.0)
+    def clip_range(self, up: torch.Tensor):
+        """The valid range of x̂0 while sampling: [−1, 1] for 2u − 1 (as SR3/DDPM clip); for the
+        residual, the per-pixel range that keeps bicubic + residual inside [0, 1]."""
+        if not self.residual:
+            return (-1.0, 1.0)
+        s = self.residual_scale
+        return (-s * up).repeat(1, self.channels, 1, 1), (s * (1.0 - up)).repeat(1, self.channels, 1, 1)
 
     # ------------------------------------------------------------ training
     def model_fn(self, net, cond: torch.Tensor):
@@ -140,23 +145,25 @@ class SRDiffusion(Method):
         return ("residual-over-bicubic" if self.residual else "direct") + (f", crop {self.crop}" if self.crop else "")
 
     # ------------------------------------------------------------ prediction
-    def sample(self, net, cond: torch.Tensor, generator: torch.Generator, amp: str | None = None) -> torch.Tensor:
+    def sample(self, net, cond: torch.Tensor, generator: torch.Generator, amp: str | None = None,
+               clip=None) -> torch.Tensor:
         hp = self.hparams
         shape = (cond.shape[0], self.channels, *cond.shape[-2:])
         fn = self.model_fn(net, cond)
         with autocast(cond.device, amp):
             if hp.get("sampler", "ddim") == "ancestral":
-                return self.diffusion.sample(fn, shape, generator=generator, clip_x0=self.clip_range(),
+                return self.diffusion.sample(fn, shape, generator=generator, clip_x0=clip,
                                              device=cond.device)
             return self.diffusion.ddim_sample(fn, shape, int(hp["sample_steps"]), eta=float(hp.get("eta", 0.0)),
-                                              generator=generator, clip_x0=self.clip_range(), device=cond.device)
+                                              generator=generator, clip_x0=clip, device=cond.device)
 
     def predict(self, obs, ctx) -> torch.Tensor:
         self.net.to(obs.y.device).eval()
         up = self.upsampled(obs)
         cond, pad = pad_to_multiple(self.condition(up), self.net.min_size)
+        clip = self.clip_range(pad_to_multiple(up, self.net.min_size)[0])
         gen = torch.Generator(device=cond.device).manual_seed(batch_seed(obs.keys, ctx.seed))
-        x = self.sample(self.net, cond, gen, getattr(ctx, "amp", None))
+        x = self.sample(self.net, cond, gen, getattr(ctx, "amp", None), clip)
         x = x[..., :up.shape[-2], :up.shape[-1]] if pad else x
         return self.decode(x, up)
 
