@@ -290,3 +290,60 @@ def test_a_stored_fit_that_no_longer_matches_the_code_is_one_clear_line(tmp_path
     again = run(RunConfig(**common), reg)
     assert again["status"] == "error" and "--refit" in again["message"] and "\n" not in again["message"]
     assert run(RunConfig(refit=True, **common), reg)["status"] == "done"
+
+
+def test_the_shipped_fits_belong_to_the_current_small_profiles_and_load(reg):
+    """Each fit in plugins/diffusion/fits/ was made with today's small profile and loads into it."""
+    import json
+
+    from ckmbench.fitcache import fit_hparams
+    from ckmbench_plugins.diffusion import SHIPPED_FITS
+
+    folders = sorted(p for p in Path(SHIPPED_FITS).glob("*") if (p / "fit.json").exists())
+    if not folders:
+        pytest.skip("no fits shipped")
+    for folder in folders:
+        meta = json.loads((folder / "fit.json").read_text())
+        spec = reg.method(meta["method"])
+        method = spec.factory("small", dict(spec.profiles["small"]))
+        assert meta["profile"] == "small" and meta["complete"] and not meta["budget_reached"]
+        assert json.loads(json.dumps(fit_hparams(method, spec.profiles["small"]))) == meta["hparams"], folder.name
+        assert folder.name.startswith(meta["method"] + "-")
+        method.load_state_dict(torch.load(folder / "fit.pt", weights_only=True))
+        assert not list(folder.glob("*/train_state.pt"))  # weights only: no optimizer state shipped
+
+
+@pytest.mark.parametrize("name,task_name", [("cgdm", "sr4"), ("cdiff", "sr4-envcf")])
+def test_a_crashed_fit_resumes_to_the_same_weights(tmp_path, reg, data, monkeypatch, name, task_name):
+    from ckmbench.fitting import fit_method
+    from ckmbench.training import Trainer
+
+    spec, ts = reg.method(name), reg.task(task_name)
+    task = ts.make(**ts.params)
+    train, val = TaskData(data.split("train"), task, 0), TaskData(data.split("val"), task, 0)
+
+    def fit(root):
+        monkeypatch.setenv("CKMBENCH_FITS", str(root))
+        method = spec.factory("tiny", dict(spec.profiles["tiny"]))
+        method.info = fit_method(method, spec, version="t", train_task=task, train_name=DATASET, train_hash="h",
+                                 profile="tiny", hparams=dict(spec.profiles["tiny"]), seed=0, train=train, val=val,
+                                 ctx=RunContext(seed=0, profile="tiny", progress=False), registry=reg)
+        return method
+
+    whole = fit(tmp_path / "a")
+    original, calls = Trainer._one_step, {"n": 0}
+
+    def crashing(self, net, train_, step):
+        calls["n"] += 1
+        if calls["n"] == 7:  # after the checkpoint at step 4, before the one at 8
+            raise RuntimeError("simulated crash")
+        return original(self, net, train_, step)
+
+    monkeypatch.setattr(Trainer, "_one_step", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(tmp_path / "b")
+    monkeypatch.setattr(Trainer, "_one_step", original)
+    resumed = fit(tmp_path / "b")
+    assert whole.info["resumed_from"] is None and resumed.info["resumed_from"] == 4
+    assert all(torch.equal(x, y) for x, y in zip(whole.state_dict()["net"].values(),
+                                                 resumed.state_dict()["net"].values()))
