@@ -55,6 +55,27 @@ def fit_tiny(reg, data, name, task_name, tmp_path, **over):
     return method, task, ctx
 
 
+def crash_then_resume(monkeypatch, fit, root, crash_at: int, trainer_name: str | None = None):
+    """``fit(root)`` crashing at the ``crash_at``-th training step (of ``trainer_name`` only, when
+    given), then ``fit(root)`` again: the second call must resume from the saved state."""
+    from ckmbench.training import Trainer
+
+    original, calls = Trainer._one_step, {"n": 0}
+
+    def crashing(self, net, train_, step):
+        if trainer_name is None or self.name == trainer_name:
+            calls["n"] += 1
+            if calls["n"] == crash_at:
+                raise RuntimeError("simulated crash")
+        return original(self, net, train_, step)
+
+    monkeypatch.setattr(Trainer, "_one_step", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(root)
+    monkeypatch.setattr(Trainer, "_one_step", original)
+    return fit(root)
+
+
 @pytest.mark.parametrize("name,task_name", [("cgdm", "sr4"), ("cdiff", "sr4-envcf"), ("cgdm", "sr4-noisy")])
 def test_fit_then_predict_shapes_range_and_seeded_determinism(reg, data, tmp_path, name, task_name):
     method, task, ctx = fit_tiny(reg, data, name, task_name, tmp_path)
@@ -153,7 +174,6 @@ def test_licgdm_prunes_at_least_35_percent_and_records_both_counts(tmp_path, reg
 def test_licgdm_resumes_its_finetuning_after_a_crash(tmp_path, reg, data, monkeypatch):
     """A crash mid fine-tuning, then the same fit again: same weights as one uninterrupted fit."""
     from ckmbench.fitting import fit_method
-    from ckmbench.training import Trainer
 
     spec = reg.method("licgdm")
     ts = reg.task("sr4")
@@ -170,21 +190,7 @@ def test_licgdm_resumes_its_finetuning_after_a_crash(tmp_path, reg, data, monkey
         return method
 
     whole = fit(tmp_path / "a")
-    original = Trainer._one_step
-    calls = {"n": 0}
-
-    def crashing(self, net, train_, step):
-        if self.name == "student":
-            calls["n"] += 1
-            if calls["n"] == 5:
-                raise RuntimeError("simulated crash")
-        return original(self, net, train_, step)
-
-    monkeypatch.setattr(Trainer, "_one_step", crashing)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        fit(tmp_path / "b")
-    monkeypatch.setattr(Trainer, "_one_step", original)
-    resumed = fit(tmp_path / "b")
+    resumed = crash_then_resume(monkeypatch, fit, tmp_path / "b", crash_at=5, trainer_name="student")
     assert resumed.pruned == whole.pruned
     assert all(torch.equal(x, y) for x, y in zip(whole.state_dict()["net"].values(),
                                                  resumed.state_dict()["net"].values()))
@@ -316,7 +322,6 @@ def test_the_shipped_fits_belong_to_the_current_small_profiles_and_load(reg):
 @pytest.mark.parametrize("name,task_name", [("cgdm", "sr4"), ("cdiff", "sr4-envcf")])
 def test_a_crashed_fit_resumes_to_the_same_weights(tmp_path, reg, data, monkeypatch, name, task_name):
     from ckmbench.fitting import fit_method
-    from ckmbench.training import Trainer
 
     spec, ts = reg.method(name), reg.task(task_name)
     task = ts.make(**ts.params)
@@ -331,19 +336,8 @@ def test_a_crashed_fit_resumes_to_the_same_weights(tmp_path, reg, data, monkeypa
         return method
 
     whole = fit(tmp_path / "a")
-    original, calls = Trainer._one_step, {"n": 0}
-
-    def crashing(self, net, train_, step):
-        calls["n"] += 1
-        if calls["n"] == 7:  # after the checkpoint at step 4, before the one at 8
-            raise RuntimeError("simulated crash")
-        return original(self, net, train_, step)
-
-    monkeypatch.setattr(Trainer, "_one_step", crashing)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        fit(tmp_path / "b")
-    monkeypatch.setattr(Trainer, "_one_step", original)
-    resumed = fit(tmp_path / "b")
+    # the 7th step crashes: after the checkpoint at step 4, before the one at 8
+    resumed = crash_then_resume(monkeypatch, fit, tmp_path / "b", crash_at=7)
     assert whole.info["resumed_from"] is None and resumed.info["resumed_from"] == 4
     assert all(torch.equal(x, y) for x, y in zip(whole.state_dict()["net"].values(),
                                                  resumed.state_dict()["net"].values()))
