@@ -96,7 +96,7 @@ class FitEntry:
 
 def describe(entry: FitEntry, source: str, meta: dict | None) -> dict:
     """The ``fit`` field of a record: which fit was used and how it came about (``source`` is
-    "trained" or "cache"; the rest is what the method reported, e.g. steps_done,
+    "trained", "cache" or "shipped"; the rest is what the method reported, e.g. steps_done,
     budget_reached, and LiCGDM's params_before/params_after)."""
     out = {k: v for k, v in (meta or {}).items() if k not in ("hparams", "method", "method_version", "seed", "profile")}
     out.update(key=entry.key, source=source, dir=str(entry.dir))
