@@ -162,8 +162,9 @@ def test_evaluate_names_and_values_by_hand():
 def test_evaluate_scores_every_region_in_one_pass(monkeypatch):
     """One pass per chunk for all pixel metrics and regions, one SSIM map per chunk, and the
     same values as metric-by-metric, region-by-region scoring."""
-    from ckmbench.metrics import ssim as ssim_module
+    from ckmbench.metrics import evaluate as evaluate_module, ssim as ssim_module
 
+    monkeypatch.setattr(evaluate_module, "idle_cores", lambda: 1)  # one worker: chunks are not cut further
     calls = {"pixel": 0, "ssim": 0}
     pixel_sums, ssim_group = pixel._pixel_sums_memo.fn, ssim_module._ssim_group
 
@@ -222,6 +223,35 @@ def test_evaluate_chunking_is_invisible():
     a = evaluate(p, t, gr, {"outdoor": outdoor}, fid=False, chunk=4)
     b = evaluate(p, t, gr, {"outdoor": outdoor}, fid=False, chunk=64)
     assert a.summary == pytest.approx(b.summary)
+
+
+def test_parallel_slices_score_exactly_like_one_thread(monkeypatch):
+    """Two workers each score half of every chunk with their own memos and buffers: the
+    values are bit for bit those of one thread, and the maps stay in order."""
+    from ckmbench.metrics import evaluate as evaluate_module
+
+    p, t, gr, outdoor = eval_inputs(n=12)
+    p, t, gr, outdoor = p[:11], t[:11], gr[:11], outdoor[:11]
+    hole = torch.zeros_like(outdoor)
+    hole[:, :, 1:7, 2:9] = True
+    regions = {"outdoor": outdoor, "hole": hole}
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        sliced = []
+        monkeypatch.setattr(evaluate_module, "_score_slice", lambda *a, _f=evaluate_module._score_slice: sliced.append(a[-1]) or _f(*a))
+        monkeypatch.setattr(evaluate_module, "idle_cores", lambda: 2)
+        parallel = evaluate(p, t, gr, regions, fid=False, chunk=8)
+        assert sliced == [slice(0, 6), slice(6, 11)]  # half of the 11 maps each
+        monkeypatch.setattr(evaluate_module, "idle_cores", lambda: 1)
+        serial = evaluate(p, t, gr, regions, fid=False, chunk=8)
+    finally:
+        torch.set_num_threads(before)
+    assert parallel.per_sample.keys() == serial.per_sample.keys() and len(parallel.per_sample) == 15
+    for key, values in serial.per_sample.items():
+        np.testing.assert_array_equal(parallel.per_sample[key], values)
+    one_by_one = evaluate(p[7:8], t[7:8], gr[7:8], {k: m[7:8] for k, m in regions.items()}, fid=False)
+    assert parallel.per_sample["ssim@hole"][7] == pytest.approx(one_by_one.per_sample["ssim@hole"][0], abs=1e-15)
 
 
 def test_evaluate_rejects_bad_input():

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import CkmError, unknown_name
-from .pixel import serial_torch_ops
+from .pixel import idle_cores, serial_torch_ops, worker_pool
 
 BUILTIN_DISTRIBUTION = "ckmbench"
 SCORED_KINDS = ("per_sample", "aggregate", "distribution")
@@ -43,7 +43,7 @@ def _validate(preds, targets, gain_range, regions):
     targets = _as_maps(targets, "targets").to(preds.device)
     if preds.shape != targets.shape:
         raise CkmError(f"evaluate: preds {tuple(preds.shape)} and targets {tuple(targets.shape)} differ: predict maps of the targets' size")
-    bad = int((~torch.isfinite(preds)).sum())
+    bad = 0 if torch.isfinite(preds.sum()) else int((~torch.isfinite(preds)).sum())  # one pass when all is well
     if bad:
         raise CkmError(f"evaluate: predictions contain {bad} non-finite values: the method diverged; fix it before scoring")
     gr = torch.as_tensor(gain_range, dtype=torch.float64).to(preds.device)
@@ -109,26 +109,67 @@ def _score_regions(reg, name: str, spec, notes: dict, p, t, g, masks: list):
         yield _call_isolated(reg, name, notes, spec.compute, p, t, g, mask=m)
 
 
-def _score_chunks(registry, per_sample_specs: dict, variants: list, notes: dict, parts: dict, failed: set,
-                  preds, targets, gr, step: int) -> None:
-    """Per-sample metrics chunk by chunk, every region; values appended to ``parts``."""
-    for start in range(0, int(preds.shape[0]), step):
-        sl = slice(start, start + step)
-        p, t, g = preds[sl], targets[sl], gr[sl]
-        chunk_masks = [None if mask is None else mask[sl] for _, mask in variants]  # the same objects for every metric
-        for name, spec in per_sample_specs.items():
-            if name in failed:
-                continue
-            for suffix, out in zip((s for s, _ in variants), _score_regions(registry, name, spec, notes, p, t, g, chunk_masks)):
-                if out is None:
-                    failed.add(name)
-                    break
-                values = torch.as_tensor(out).detach().to("cpu", torch.float64).reshape(-1).numpy()
-                if values.shape[0] != p.shape[0]:
-                    notes[name] = f"error: returned {values.shape[0]} values for {p.shape[0]} maps"
-                    failed.add(name)
-                    break
-                parts.setdefault(name + suffix, []).append(values)
+def _score_slice(registry, specs: dict, variants: list, preds, targets, gr, sl: slice) -> tuple[dict, dict, set]:
+    """Every metric of ``specs`` and every region on the maps ``sl``: (values per
+    ``name@region``, notes, names that failed)."""
+    parts: dict[str, np.ndarray] = {}
+    notes: dict = {}
+    failed: set[str] = set()
+    p, t, g = preds[sl], targets[sl], gr[sl]
+    masks = [None if mask is None else mask[sl] for _, mask in variants]  # the same objects for every metric
+    for name, spec in specs.items():
+        for (suffix, _), out in zip(variants, _score_regions(registry, name, spec, notes, p, t, g, masks)):
+            if out is None:
+                failed.add(name)
+                break
+            values = torch.as_tensor(out).detach().to("cpu", torch.float64).reshape(-1).numpy()
+            if values.shape[0] != p.shape[0]:
+                notes[name] = f"error: returned {values.shape[0]} values for {p.shape[0]} maps"
+                failed.add(name)
+                break
+            parts[name + suffix] = values
+    return parts, notes, failed
+
+
+def _slices(n: int, step: int) -> list[slice]:
+    return [slice(start, min(start + step, n)) for start in range(0, n, step)]
+
+
+def _score_chunks(registry, per_sample_specs: dict, variants: list, notes: dict, failed: set,
+                  preds, targets, gr, step: int, threads: int) -> dict[str, np.ndarray]:
+    """Per-sample metrics over every region, ``step`` maps at a time; returns the values per
+    ``name@region`` in the order of ``per_sample_specs`` and ``variants``.
+
+    The built-in metrics are thread-safe (their shared intermediates are memoised per
+    thread), so with ``threads`` > 1 each chunk is cut into one slice per worker and the
+    slices are scored at once; third-party metrics are scored chunk by chunk on this thread.
+    """
+    n = int(preds.shape[0])
+    builtin = {k: s for k, s in per_sample_specs.items() if _owner(registry, k) == BUILTIN_DISTRIBUTION}
+    others = {k: s for k, s in per_sample_specs.items() if k not in builtin}
+    results = []
+    if builtin:
+        cut = _slices(n, max(1, min(step, -(-n // threads))))
+        if threads > 1 and len(cut) > 1:
+            pool = worker_pool(threads)
+            results += list(pool.map(lambda sl: _score_slice(registry, builtin, variants, preds, targets, gr, sl), cut))
+        else:
+            results += [_score_slice(registry, builtin, variants, preds, targets, gr, sl) for sl in cut]
+    if others:
+        results += [_score_slice(registry, others, variants, preds, targets, gr, sl) for sl in _slices(n, step)]
+    for _, slice_notes, slice_failed in results:
+        failed |= slice_failed
+        for key, note in slice_notes.items():
+            notes.setdefault(key, note)
+    out: dict[str, np.ndarray] = {}
+    for name in per_sample_specs:
+        if name in failed:
+            continue
+        for suffix, _ in variants:
+            pieces = [parts[name + suffix] for parts, _, _ in results if name + suffix in parts]
+            if pieces:
+                out[name + suffix] = np.concatenate(pieces)
+    return out
 
 
 def _mean(values: np.ndarray, key: str, notes: dict) -> float | None:
@@ -152,7 +193,7 @@ def evaluate(preds, targets, gain_range, regions=None, metrics=None, fid: bool =
         from ..plugins import registry as process_registry
 
         registry = process_registry()
-    with serial_torch_ops():  # many small ops: threads would only synchronise (SSIM parallelises by itself)
+    with serial_torch_ops():  # many small ops: threads would only synchronise (slices are scored in parallel instead)
         preds, targets, gr, masks = _validate(preds, targets, gain_range, regions)
     n = int(preds.shape[0])
     specs = _select(registry, metrics)
@@ -160,12 +201,11 @@ def evaluate(preds, targets, gain_range, regions=None, metrics=None, fid: bool =
     notes: dict = {}
     variants: list[tuple[str, torch.Tensor | None]] = [("", None)] + [(f"@{k}", m) for k, m in masks.items()]
 
-    parts: dict[str, list[np.ndarray]] = {}
     failed: set[str] = set()
     step = max(1, int(chunk))
-    with serial_torch_ops():
-        _score_chunks(registry, per_sample_specs, variants, notes, parts, failed, preds, targets, gr, step)
-    per_sample = {k: np.concatenate(v) for k, v in parts.items() if k.split("@", 1)[0] not in failed}
+    with serial_torch_ops() as threads:
+        threads = min(threads, idle_cores()) if preds.device.type == "cpu" else 1
+        per_sample = _score_chunks(registry, per_sample_specs, variants, notes, failed, preds, targets, gr, step, threads)
 
     summary: dict[str, float | None] = {}
     for suffix, _ in variants:

@@ -15,6 +15,8 @@ all regions, in one pass, and shared by mse, nmse, mse_gain and psnr.
 from __future__ import annotations
 
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Callable, Sequence
 
@@ -37,7 +39,7 @@ def _check_pair(pred, target, who: str) -> tuple[torch.Tensor, torch.Tensor]:
     return pred, target
 
 
-_OUTER_THREADS: list[int] = []
+_THREAD_STATE = threading.local()  # per thread: the stack of outer thread counts
 
 
 @contextmanager
@@ -47,15 +49,28 @@ def serial_torch_ops():
 
     Scoring is many small tensor ops; split over threads each costs a synchronisation, and
     on a machine whose cores are shared (training jobs) that made scoring up to 10x slower.
+    The stack is per thread: inside a scoring worker thread (where torch already runs one
+    thread) the block yields 1, so work nested there never fans out a second time.
     """
-    _OUTER_THREADS.append(_OUTER_THREADS[-1] if _OUTER_THREADS else torch.get_num_threads())
+    outer = _THREAD_STATE.__dict__.setdefault("outer", [])
+    outer.append(outer[-1] if outer else torch.get_num_threads())
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield _OUTER_THREADS[-1]
+        yield outer[-1]
     finally:
         torch.set_num_threads(before)
-        _OUTER_THREADS.pop()
+        outer.pop()
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def worker_pool(threads: int) -> ThreadPoolExecutor:
+    """A process-wide pool of ``threads`` scoring workers (torch ops release the GIL)."""
+    if threads not in _POOLS:
+        _POOLS[threads] = ThreadPoolExecutor(threads, "ckmbench-score")
+    return _POOLS[threads]
 
 
 def idle_cores() -> int:
@@ -72,13 +87,12 @@ def idle_cores() -> int:
 class LastResult:
     """Memo of the last call of ``fn``, keyed by the identity (and version) of its tensor
     arguments: the evaluator passes the same chunk tensors to every metric, so whatever
-    several metrics share is computed once per chunk."""
+    several metrics share is computed once per chunk. One memo per thread, since the
+    evaluator scores slices of a chunk on several threads at once."""
 
     def __init__(self, fn: Callable):
         self.fn = fn
-        self.args: tuple = ()
-        self.versions: tuple = ()
-        self.value = None
+        self._local = threading.local()
 
     @staticmethod
     def _flat(args) -> tuple:
@@ -88,14 +102,16 @@ class LastResult:
         return tuple(out)
 
     def __call__(self, *args):
+        memo = self._local
         flat = self._flat(args)
         versions = tuple(a._version if isinstance(a, torch.Tensor) else None for a in flat)
-        same = len(flat) == len(self.args) and all(a is b for a, b in zip(flat, self.args))
-        if not (same and versions == self.versions):
-            self.value = None  # drop the old result before computing the new one
-            self.value = self.fn(*args)
-            self.args, self.versions = flat, versions
-        return self.value
+        last = getattr(memo, "args", ())
+        same = len(flat) == len(last) and all(a is b for a, b in zip(flat, last))
+        if not (same and versions == getattr(memo, "versions", ())):
+            memo.value = None  # drop the old result before computing the new one
+            memo.value = self.fn(*args)
+            memo.args, memo.versions = flat, versions
+        return memo.value
 
 
 def _check_masks(pred, masks, who: str) -> list:
@@ -110,46 +126,64 @@ def _check_masks(pred, masks, who: str) -> list:
     return out
 
 
-class _MaskWeights:
-    """R bool (N,1,H,W) masks as (N,R,H·W) float64 0/1 weights for one matrix product, and
-    their pixel counts (per crop), computed once per chunk for every metric."""
-
-    def __init__(self, *masks: torch.Tensor):
-        self.shape = masks[0].shape
-        self.weights = torch.stack([m.flatten(1) for m in masks], dim=1).to(torch.float64)
-        self._counts: dict[int, torch.Tensor] = {}
-
-    def counts(self, crop: int) -> torch.Tensor:
-        if crop not in self._counts:
-            h, w = self.shape[-2:]
-            grid = self.weights.view(*self.weights.shape[:2], h, w)[..., crop:h - crop, crop:w - crop]
-            self._counts[crop] = grid.sum(dim=(2, 3))
-        return self._counts[crop]
+_SCRATCH = threading.local()
 
 
-_mask_weights_memo = LastResult(_MaskWeights)  # shared by every metric of a chunk
+def scratch(name: str, shape: tuple, dtype=torch.float64, device=None) -> torch.Tensor:
+    """This thread's reusable buffer ``name`` (contents undefined): scoring works block by
+    block, and a fresh multi-megabyte tensor per block costs a page fault per 4 KiB, which
+    made scoring about twice as slow as its arithmetic."""
+    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
+    buf = buffers.get(name)
+    device = torch.device(device or "cpu")
+    if buf is None or tuple(buf.shape) != tuple(shape) or buf.dtype != dtype or buf.device != device:
+        buffers[name] = buf = torch.empty(shape, dtype=dtype, device=device)
+    return buf
 
 
-def region_means(values: torch.Tensor, masks: Sequence[torch.Tensor | None], crop: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sums and pixel counts of per-pixel ``values`` (N,K,H,W) over every region, in one pass.
+BLOCK = 4  # maps per block: their float64 values and region weights stay in cache
 
-    ``masks``: (N,1,H,W) bool or None (every pixel). ``crop``: the values exist only
-    ``crop`` pixels away from the border (they must be 0 outside), and only the pixels
-    inside are counted. Returns sums (N,V,K) and counts (N,V), V = len(masks), float64.
+
+def region_sums(masks: Sequence[torch.Tensor | None], n: int, channels: int, crop: int,
+                produce: Callable[[int, int], torch.Tensor], block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sums and pixel counts of per-pixel values over every region, block by block.
+
+    ``masks``: (N,1,H,W) bool or None (every pixel); ``produce(start, stop)`` returns the
+    values of maps ``start:stop`` (at most ``block``) as (b,K,H-2crop,W-2crop) float64, the
+    pixels ``crop`` away from the border (the only ones counted). Each block's values are
+    reduced over all regions in one matrix product while still in cache. Returns sums
+    (N,V,K) and counts (N,V), V = len(masks), float64.
     """
-    n, k, h, w = values.shape
-    flat = values.reshape(n, k, h * w)
-    sums = torch.empty(n, len(masks), k, dtype=torch.float64, device=values.device)
-    counts = torch.empty(n, len(masks), dtype=torch.float64, device=values.device)
     parts = [i for i, m in enumerate(masks) if m is not None]
-    if parts:
-        weights = _mask_weights_memo(*[masks[i] for i in parts])
-        sums[:, parts] = weights.weights @ flat.transpose(1, 2)  # every region at once: (N,R,K)
-        counts[:, parts] = weights.counts(crop)
     whole = [i for i, m in enumerate(masks) if m is None]
-    if whole:
-        sums[:, whole] = flat.sum(dim=2)[:, None]
-        counts[:, whole] = float((h - 2 * crop) * (w - 2 * crop))
+    f64 = dict(dtype=torch.float64, device=masks[parts[0]].device if parts else None)
+    part_sums = part_counts = whole_sums = None
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        values = produce(start, stop)
+        b, k, hc, wc = values.shape
+        if part_sums is None:
+            f64["device"] = values.device
+            part_sums, part_counts = torch.empty(n, len(parts), k, **f64), torch.empty(n, len(parts), **f64)
+            whole_sums = torch.empty(n, k, **f64)
+        flat = values.reshape(b, k, hc * wc)
+        if parts:
+            weights = scratch(f"region_weights/{block}", (block, len(parts), hc, wc), **f64)[:b]
+            for j, i in enumerate(parts):
+                weights[:, j].copy_(masks[i][start:stop, 0, crop:crop + hc, crop:crop + wc].view(torch.uint8))  # 0/1
+            weights = weights.view(b, len(parts), hc * wc)
+            torch.matmul(weights, flat.transpose(1, 2), out=part_sums[start:stop])  # (b,R,K)
+            torch.sum(weights, dim=2, out=part_counts[start:stop])
+        if whole:
+            torch.sum(flat, dim=2, out=whole_sums[start:stop])
+        area = float(hc * wc)
+    if part_sums is None:  # no maps
+        part_sums, part_counts, whole_sums, area = (torch.empty(0, len(parts), channels, **f64),
+                                                    torch.empty(0, len(parts), **f64), torch.empty(0, channels, **f64), 0.0)
+    sums = torch.empty(n, len(masks), part_sums.shape[2], **f64)
+    counts = torch.empty(n, len(masks), **f64)
+    sums[:, parts], counts[:, parts] = part_sums, part_counts
+    sums[:, whole], counts[:, whole] = whole_sums[:, None], area
     return sums, counts
 
 
@@ -159,14 +193,23 @@ def _divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.full_like(num, float("nan")))
 
 
+PIXEL_BLOCK = 16  # no window to keep in cache here: bigger blocks, fewer ops
+
+
 def _pixel_sums(pred, target, masks) -> tuple[torch.Tensor, torch.Tensor]:
     """(sums (N,V,2) of [e², u²], counts (N,V)) per region, float64."""
-    p = pred.to(torch.float64)
-    t = target.to(device=pred.device, dtype=torch.float64)
-    values = torch.empty(p.shape[0], 2, *p.shape[2:], dtype=torch.float64, device=p.device)  # (N,2,H,W): e², u²
-    torch.sub(t[:, 0], p[:, 0], out=values[:, 0]).square_()
-    torch.mul(t[:, 0], t[:, 0], out=values[:, 1])
-    return region_means(values, masks)
+    _, _, h, w = pred.shape
+
+    def squares(start: int, stop: int) -> torch.Tensor:
+        b = stop - start
+        p = scratch("pixel_pred", (PIXEL_BLOCK, h, w), device=pred.device)[:b].copy_(pred[start:stop, 0])
+        t = scratch("pixel_target", (PIXEL_BLOCK, h, w), device=pred.device)[:b].copy_(target[start:stop, 0])
+        values = scratch("pixel_values", (PIXEL_BLOCK, 2, h, w), device=pred.device)[:b]  # e², u²
+        torch.sub(t, p, out=values[:, 0]).square_()
+        torch.mul(t, t, out=values[:, 1])
+        return values
+
+    return region_sums(masks, int(pred.shape[0]), 2, 0, squares, block=PIXEL_BLOCK)
 
 
 _pixel_sums_memo = LastResult(_pixel_sums)

@@ -11,23 +11,22 @@ crop is exactly the window radius, so every kept pixel only sees real image pixe
 "valid" filter (no padding) produces exactly the cropped map.
 
 Speed: the window is separable and symmetric, so the local moments are filtered by two
-1-D "valid" passes of 6 products each, a few maps at a time so that they stay in cache.
-Groups run on a pool of worker threads (as many as torch's thread count, but no more than
-the cores other processes leave free: on a busy machine the threads only fight over the
-GIL). The SSIM map of a chunk is computed once and reduced over every region in one matrix
-product.
+1-D "valid" passes of 6 products each, four maps at a time in reused per-thread buffers so
+that they stay in cache; each block's SSIM map is reduced over every region in one matrix
+product (``pixel.region_sums``). ``ssim_map`` called on its own runs its groups on a pool of
+worker threads; inside the evaluator, which already scores slices on worker threads, each
+thread filters its own slice.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
 from ..errors import CkmError
-from .pixel import LastResult, _check_masks, _check_pair, _divide, idle_cores, region_means, serial_torch_ops
+from .pixel import BLOCK, _check_masks, _check_pair, _divide, idle_cores, region_sums, scratch, serial_torch_ops, worker_pool
 
 SIGMA = 1.5
 TRUNCATE = 3.5
@@ -46,7 +45,7 @@ def gaussian_taps(dtype=torch.float64, device=None) -> torch.Tensor:
 
 
 _TAPS = gaussian_taps().tolist()
-GROUP = 4  # maps filtered together: their moments (4 x 4 x H x W float64) stay in cache
+GROUP = BLOCK  # maps filtered together: their moments (4 x 4 x H x W float64) stay in cache
 
 
 def _check_size(pred, who: str) -> None:
@@ -55,36 +54,43 @@ def _check_size(pred, who: str) -> None:
         raise CkmError(f"{who}: maps of {h}x{w} are smaller than the {WIN_SIZE}x{WIN_SIZE} SSIM window: score maps of at least {WIN_SIZE}x{WIN_SIZE}")
 
 
-def _valid_pass(a: torch.Tensor, dim: int) -> torch.Tensor:
-    """The 11-tap window along ``dim``, "valid" part only: 6 products, using its symmetry."""
+def _valid_pass(a: torch.Tensor, dim: int, out: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
+    """The 11-tap window along ``dim`` into ``out``, "valid" part only: 6 products, using
+    its symmetry; ``pair`` is scratch of ``out``'s shape."""
     n = a.shape[dim] - 2 * RADIUS
-    out = a.narrow(dim, RADIUS, n) * _TAPS[RADIUS]
+    torch.mul(a.narrow(dim, RADIUS, n), _TAPS[RADIUS], out=out)
     for i in range(RADIUS):
-        out.add_(a.narrow(dim, i, n) + a.narrow(dim, 2 * RADIUS - i, n), alpha=_TAPS[i])
+        out.add_(torch.add(a.narrow(dim, i, n), a.narrow(dim, 2 * RADIUS - i, n), out=pair), alpha=_TAPS[i])
     return out
 
 
-def _ssim_group(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(G,H,W) float64 pairs -> (G,H-10,W-10) SSIM map.
+def _ssim_group(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """(G,H,W) pairs -> the (G,H-10,W-10) float64 SSIM map, written into ``out``.
 
     Only four moments are filtered — x, y, x² + y², xy — because the SSIM formula needs the
     variances only through their sum: vx + vy = E[x² + y²] - (ux² + uy²).
     """
-    moments = torch.empty(x.shape[0], 4, *x.shape[1:], dtype=x.dtype, device=x.device)  # (G,4,H,W)
-    moments[:, 0], moments[:, 1] = x, y
-    torch.mul(x, x, out=moments[:, 2]).addcmul_(y, y)
-    torch.mul(x, y, out=moments[:, 3])
-    ux, uy, uxx_yy, uxy = _valid_pass(_valid_pass(moments, 2), 3).unbind(1)
+    g, h, w = x.shape
+    hv, wv = h - 2 * RADIUS, w - 2 * RADIUS
+    moments = scratch("ssim_moments", (GROUP, 4, h, w), device=x.device)[:g]  # x, y, x² + y², xy
+    rows = scratch("ssim_rows", (GROUP, 4, hv, w), device=x.device)[:g]  # after the pass along H
+    rows_pair = scratch("ssim_rows_pair", (GROUP, 4, hv, w), device=x.device)[:g]
+    valid = scratch("ssim_valid", (GROUP, 4, hv, wv), device=x.device)[:g]  # after the pass along W
+    spare = scratch("ssim_valid_pair", (GROUP, 4, hv, wv), device=x.device)[:g]
+    moments[:, 0].copy_(x)
+    moments[:, 1].copy_(y)
+    xd, yd = moments[:, 0], moments[:, 1]
+    torch.mul(xd, xd, out=moments[:, 2]).addcmul_(yd, yd)
+    torch.mul(xd, yd, out=moments[:, 3])
+    _valid_pass(_valid_pass(moments, 2, rows, rows_pair), 3, valid, spare)
+    ux, uy, uxx_yy, uxy = valid.unbind(1)
+    uxuy = torch.mul(ux, uy, out=spare[:, 0])
     c1 = (K1 * DATA_RANGE) ** 2
     c2 = (K2 * DATA_RANGE) ** 2
-    uxuy = ux * uy
     means2 = ux.square_().add_(uy.square_())  # ux² + uy²
-    num = (2 * uxuy + c1).mul_(uxy.sub_(uxuy).mul_(2).add_(c2))  # (2 ux uy + c1)(2 vxy + c2)
-    den = (means2 + c1).mul_(uxx_yy.sub_(means2).add_(c2))  # (ux² + uy² + c1)(vx + vy + c2)
-    return num.div_(den)
-
-
-_POOL: dict[int, ThreadPoolExecutor] = {}
+    torch.mul(uxuy, 2, out=out).add_(c1).mul_(uxy.sub_(uxuy).mul_(2).add_(c2))  # (2 ux uy + c1)(2 vxy + c2)
+    den = torch.add(means2, c1, out=spare[:, 1]).mul_(uxx_yy.sub_(means2).add_(c2))  # (ux² + uy² + c1)(vx + vy + c2)
+    return out.div_(den)
 
 
 def ssim_map(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -96,7 +102,7 @@ def ssim_map(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
     def group(start: int) -> None:
         sl = slice(start, start + GROUP)
-        out[sl] = _ssim_group(x[sl].to(torch.float64), y[sl].to(torch.float64))
+        _ssim_group(x[sl], y[sl], out[sl])
 
     starts = range(0, n, GROUP)
     if x.device.type != "cpu" or len(starts) == 1:
@@ -109,21 +115,8 @@ def ssim_map(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
                 for start in starts:
                     group(start)
             else:
-                if threads not in _POOL:
-                    _POOL[threads] = ThreadPoolExecutor(threads, "ckmbench-ssim")
-                list(_POOL[threads].map(group, starts))
+                list(worker_pool(threads).map(group, starts))
     return out.unsqueeze(1)
-
-
-def _ssim_padded(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The SSIM map at full size (N,1,H,W), 0 on the cropped border."""
-    s = ssim_map(pred, target)
-    full = s.new_zeros(*pred.shape)
-    full[..., RADIUS:-RADIUS, RADIUS:-RADIUS] = s
-    return full
-
-
-_ssim_padded_memo = LastResult(_ssim_padded)
 
 
 def ssim_all_regions(pred, target, gain_range=None, masks=(None,)) -> list[torch.Tensor]:
@@ -135,8 +128,13 @@ def ssim_all_regions(pred, target, gain_range=None, masks=(None,)) -> list[torch
     pred, target = _check_pair(pred, target, "ssim")
     masks = _check_masks(pred, masks, "ssim")
     _check_size(pred, "ssim")
-    s = _ssim_padded_memo(pred, target)
-    sums, counts = region_means(s, masks, crop=RADIUS)  # the pixel metrics' mask weights, reused
+    _, _, h, w = pred.shape
+
+    def block_map(start: int, stop: int) -> torch.Tensor:  # GROUP = BLOCK: one group per block
+        out = scratch("ssim_block", (GROUP, h - 2 * RADIUS, w - 2 * RADIUS), device=pred.device)[:stop - start]
+        return _ssim_group(pred[start:stop, 0], target[start:stop, 0], out).unsqueeze(1)
+
+    sums, counts = region_sums(masks, int(pred.shape[0]), 1, RADIUS, block_map)
     return list(_divide(sums[..., 0], counts).unbind(1))
 
 
