@@ -13,7 +13,10 @@ What it gives a method, so no plugin writes its own loop:
 - a time budget that stops cleanly, saves, and lets the run score what was trained;
 - progress (tqdm: step, loss, steps/s, time left), validation, best-or-last selection;
 - DistributedDataParallel under ``torchrun`` (NCCL on GPUs, gloo on CPUs); only rank 0
-  writes; bf16 autocast with ``amp="bf16"``.
+  writes; bf16 autocast with ``amp="bf16"``;
+- adversarial training (a GAN's generator and discriminator, each with its own optimizer and
+  schedule, alternating per step) through the same loop: pass ``discriminator=`` and an
+  :class:`AdversarialStep` (docs/training.md, "Adversarial training").
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -59,10 +62,14 @@ class TrainConfig:
     lr_step_every: int = 0  # "step": multiply by lr_gamma every this many steps
     lr_gamma: float = 0.1
     warmup_steps: int = 0
-    optimizer: str = "adam"  # adam | adamw
+    optimizer: str = "adam"  # adam | adamw | sgd
     weight_decay: float = 0.0
     adam_betas: tuple = (0.9, 0.999)
+    momentum: float = 0.9  # sgd only
     grad_clip: float | None = 1.0
+    # norm: global L2 norm <= grad_clip; value: every gradient entry in [-grad_clip, grad_clip];
+    # adjustable: entries in [-grad_clip/lr_t, grad_clip/lr_t] at the current lr (VDSR, DRRN)
+    grad_clip_mode: str = "norm"
     ema_decay: float | None = None
     ema_start: int = 0
     checkpoint_every: int = 200
@@ -94,8 +101,10 @@ class TrainConfig:
             bad.append(f"lr={self.lr!r} (a number > 0)")
         if self.lr_schedule not in ("constant", "linear", "cosine", "step"):
             bad.append(f"lr_schedule={self.lr_schedule!r} (constant, linear, cosine or step)")
-        if self.optimizer not in ("adam", "adamw"):
-            bad.append(f"optimizer={self.optimizer!r} (adam or adamw)")
+        if self.optimizer not in ("adam", "adamw", "sgd"):
+            bad.append(f"optimizer={self.optimizer!r} (adam, adamw or sgd)")
+        if self.grad_clip_mode not in ("norm", "value", "adjustable"):
+            bad.append(f"grad_clip_mode={self.grad_clip_mode!r} (norm, value or adjustable)")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             bad.append(f"ema_decay={self.ema_decay!r} (in (0, 1), or null)")
         if self.select not in ("last", "best"):
@@ -113,9 +122,16 @@ class TrainConfig:
         d = asdict(self)
         for k in ("checkpoint_every", "log_every"):
             d.pop(k)
+        for k, default in _LATER_FIELDS.items():
+            if d[k] == default:
+                d.pop(k)  # fields added later leave the states written before them resumable
         if self.lr_schedule in ("constant", "step"):
             d.pop("steps")  # the schedule does not depend on the length: training may be extended
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# Fields added after the first release, with the value that means "as before".
+_LATER_FIELDS = {"momentum": 0.9, "grad_clip_mode": "norm"}
 
 
 @dataclass
@@ -131,10 +147,15 @@ class TrainResult:
     selected: str = "last"
     train_s: float = 0.0  # training seconds over every session of this fit (resumes included)
     history: list = field(default_factory=list)  # (step, mean loss over the last log interval)
+    final_d_loss: float | None = None  # adversarial training: the discriminator's last logged loss
+    d_history: list = field(default_factory=list)  # adversarial training: (step, mean D loss)
 
     def as_record(self) -> dict:
         d = asdict(self)
         d.pop("history")
+        d.pop("d_history")
+        if self.final_d_loss is None:
+            d.pop("final_d_loss")  # single-model fits keep the record they always had
         return d
 
 
@@ -282,6 +303,28 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     return f
 
 
+def make_optimizer(params: list, cfg: TrainConfig):
+    """(optimizer, LambdaLR scheduler) of ``cfg`` over ``params``."""
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        opt = opt_cls(params, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+
+
+def clip_gradients(params: list, cfg: TrainConfig, optimizer) -> None:
+    """The profile's gradient clipping (``grad_clip`` null = none), before the optimizer step."""
+    if not cfg.grad_clip:
+        return
+    if cfg.grad_clip_mode == "norm":
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    elif cfg.grad_clip_mode == "value":
+        torch.nn.utils.clip_grad_value_(params, cfg.grad_clip)
+    else:  # adjustable (Kim et al. VDSR, used by DRRN): theta / current learning rate
+        torch.nn.utils.clip_grad_value_(params, cfg.grad_clip / optimizer.param_groups[0]["lr"])
+
+
 def save_atomic(obj, path: Path) -> None:
     from .results import atomic_write_bytes
 
@@ -302,6 +345,24 @@ def load_state(path: Path, map_location="cpu") -> dict:
 StepFn = Callable[[nn.Module, tuple, torch.Generator], torch.Tensor]
 
 
+@dataclass
+class AdversarialStep:
+    """The three pieces of one GAN step; the trainer runs them in the order of SRGAN/pix2pix.
+
+    1. ``generate(G, batch, generator) -> dict``: the generator's forward pass, once per step
+       (e.g. ``{"fake": G(x), "real": target, "cond": x}``);
+    2. ``d_loss(D, out, batch, generator) -> loss``: ``out`` with every tensor detached, so
+       the discriminator learns on real vs G(x).detach(); D is updated;
+    3. ``g_loss(D, out, batch, generator) -> loss``: the content loss plus the adversarial
+       term through the *updated* D (D's weights are frozen for this backward pass); G is
+       updated.
+    """
+
+    generate: Callable[[nn.Module, tuple, torch.Generator], dict]
+    d_loss: Callable[[nn.Module, dict, tuple, torch.Generator], torch.Tensor]
+    g_loss: Callable[[nn.Module, dict, tuple, torch.Generator], torch.Tensor]
+
+
 class Trainer:
     """Runs a method's training loop; the method supplies the loss of one batch.
 
@@ -313,7 +374,8 @@ class Trainer:
     """
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, ctx, name: str = "model",
-                 params: list | None = None):
+                 params: list | None = None, discriminator: nn.Module | None = None,
+                 d_cfg: TrainConfig | None = None):
         self.model = model
         self.cfg = cfg
         self.ctx = ctx
@@ -321,10 +383,22 @@ class Trainer:
         self.device = ctx.device
         self.dist = dist_info()
         self.params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
-        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = opt_cls(self.params, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.optimizer, self.scheduler = make_optimizer(self.params, cfg)
         self.ema = EMA(model, cfg.ema_decay, cfg.ema_start) if cfg.ema_decay else None
+        # adversarial training: the discriminator, its optimizer and schedule (``d_cfg``; the
+        # length, batch, cadence and EMA of the run are the generator's ``cfg``)
+        self.disc = discriminator
+        self.d_cfg = self.d_params = self.d_optimizer = self.d_scheduler = None
+        if discriminator is not None:
+            d_cfg = d_cfg or replace(cfg, ema_decay=None)  # default: the generator's settings, no EMA
+            if d_cfg.ema_decay:
+                raise CkmError(f"{name}: d_ema_decay={d_cfg.ema_decay!r}: EMA applies to the generator only; "
+                               f"remove d_ema_decay from the profile")
+            self.d_cfg = replace(d_cfg, steps=cfg.steps, batch_size=cfg.batch_size)
+            self.d_params = [p for p in discriminator.parameters() if p.requires_grad]
+            self.d_optimizer, self.d_scheduler = make_optimizer(self.d_params, self.d_cfg)
+        self._d_history: list = []
+        self._d_value = float("nan")
         base = ctx.fit_dir or (Path(ctx.run_dir) / "train" if ctx.run_dir else None)
         self.state_dir = Path(base) / name if base is not None else None
         self.best_state: dict | None = None
@@ -337,10 +411,15 @@ class Trainer:
     def state_path(self) -> Path | None:
         return self.state_dir / STATE_FILE if self.state_dir is not None else None
 
+    def fingerprint(self) -> str:
+        """What a resumed state must agree on: the generator's settings (and the discriminator's)."""
+        fp = self.cfg.fingerprint()
+        return fp if self.disc is None else f"{fp}+d{self.d_cfg.fingerprint()}"
+
     def state_dict(self, step: int, history: list) -> dict:
-        return {
+        out = {
             "format": "ckmbench-train-state-1",
-            "fingerprint": self.cfg.fingerprint(),
+            "fingerprint": self.fingerprint(),
             "world_size": self.dist.world_size,
             "step": int(step),
             "model": self.model.state_dict(),
@@ -352,6 +431,11 @@ class Trainer:
             "history": [[int(s), float(v)] for s, v in history],
             "elapsed_s": self.elapsed_before + (time.perf_counter() - self._t0 if self._t0 else 0.0),
         }
+        if self.disc is not None:
+            out["adversarial"] = {"model": self.disc.state_dict(), "optimizer": self.d_optimizer.state_dict(),
+                                  "scheduler": self.d_scheduler.state_dict(),
+                                  "history": [[int(s), float(v)] for s, v in self._d_history]}
+        return out
 
     def save(self, step: int, history: list) -> None:
         if self.state_path is None or not self.dist.is_main:
@@ -366,7 +450,7 @@ class Trainer:
         state = load_state(path, map_location=self.device)
         if state.get("format") != "ckmbench-train-state-1":
             raise CkmError(f"{path} is not a ckmbench training state: delete it or pass --refit")
-        if state["fingerprint"] != self.cfg.fingerprint() or state.get("world_size", 1) != self.dist.world_size:
+        if state["fingerprint"] != self.fingerprint() or state.get("world_size", 1) != self.dist.world_size:
             raise CkmError(f"training state {path} was written with other training settings or another number "
                            f"of processes: pass --refit to start again, or run with the settings it was made with")
         self.model.load_state_dict(state["model"])
@@ -374,6 +458,12 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
+        if self.disc is not None:
+            adv = state["adversarial"]
+            self.disc.load_state_dict(adv["model"])
+            self.d_optimizer.load_state_dict(adv["optimizer"])
+            self.d_scheduler.load_state_dict(adv["scheduler"])
+            self._d_history = [tuple(h) for h in adv["history"]]
         self.best_state, self.best_val = state["best"]["state"], state["best"]["val"]
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
         set_rng_states(state["rng"])
@@ -400,17 +490,29 @@ class Trainer:
         return self._perm_cache[1]
 
     # ---------------------------------------------------------- loop
-    def fit(self, train, step_fn: StepFn, val_fn: Callable[[nn.Module], float] | None = None) -> TrainResult:
+    def fit(self, train, step_fn: StepFn | AdversarialStep,
+            val_fn: Callable[[nn.Module], float] | None = None) -> TrainResult:
+        """Train to ``cfg.steps`` (resuming a saved state); ``step_fn`` is the loss of one batch,
+        or an :class:`AdversarialStep` when the trainer was given a discriminator."""
         cfg = self.cfg
+        if (self.disc is not None) != isinstance(step_fn, AdversarialStep):
+            raise CkmError(f"{self.name}: a trainer with a discriminator takes an AdversarialStep, one without "
+                           f"takes a loss function: pass discriminator= and AdversarialStep(...) together")
         self._step_fn = step_fn
+        self._d_history: list = []
+        self._bad_loss = "loss"
         if len(train) == 0:
             raise CkmError("the train split is empty: pick a dataset with a train split (e.g. city)")
         if self.dist.enabled:
             init_distributed(self.device)
         self.model.to(self.device)
+        if self.disc is not None:
+            self.disc.to(self.device)
         step, history = self.try_resume()
         result = TrainResult(steps_planned=cfg.steps, resumed_from=step or None, selected=cfg.select)
         net = self._wrap(self.model)
+        self._dnet = self._wrap(self.disc) if self.disc is not None else None
+        d_window: list[float] = []
         t0 = self._t0 = time.perf_counter()
         bar = self._progress(step)
         window: list[float] = []
@@ -424,16 +526,21 @@ class Trainer:
                 loss = self._one_step(net, train, step)
                 if not math.isfinite(loss):
                     raise TrainingDiverged(
-                        f"{self.name}: loss became {loss} at step {step + 1}; the last good checkpoint "
+                        f"{self.name}: {self._bad_loss} became {loss} at step {step + 1}; the last good checkpoint "
                         f"(step {last_saved}) is kept in {self.state_dir}: lower lr (--set lr=...) or use --refit")
                 step += 1
                 window.append(loss)
+                if self.disc is not None:
+                    d_window.append(self._d_value)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4g}", lr=f"{self.scheduler.get_last_lr()[0]:.2g}")
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     history.append((step, float(np.mean(window))))
                     window = []
+                    if d_window:
+                        self._d_history.append((step, float(np.mean(d_window))))
+                        d_window = []
                 if cfg.val_every and val_fn is not None and step % cfg.val_every == 0:
                     self._validate(val_fn)
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps:
@@ -444,6 +551,8 @@ class Trainer:
                 bar.close()
         if window:
             history.append((step, float(np.mean(window))))
+        if d_window:
+            self._d_history.append((step, float(np.mean(d_window))))
         if val_fn is not None and (not cfg.val_every or step % cfg.val_every):
             self._validate(val_fn)
         if step != last_saved:
@@ -454,6 +563,9 @@ class Trainer:
         result.history = history
         result.final_loss = history[-1][1] if history else None
         result.best_val = self.best_val
+        if self.disc is not None:
+            result.d_history = list(self._d_history)
+            result.final_d_loss = self._d_history[-1][1] if self._d_history else None
         return result
 
     def _one_step(self, net: nn.Module, train, step: int) -> float:
@@ -464,6 +576,8 @@ class Trainer:
         idx = self.batch_indices(len(train), step)
         batch = move_batch(train.batch_at(idx, draw=step if cfg.fresh_degradations else None), self.device)
         net.train()
+        if self.disc is not None:
+            return self._adversarial_step(net, batch, gen, step)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, cfg.amp):
             loss = self._step_fn(net, batch, gen)
@@ -471,12 +585,54 @@ class Trainer:
         if not math.isfinite(value):
             return value
         loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        self._update_model(step)
+        return value
+
+    def _update_model(self, step: int) -> None:
+        """Clip the model's gradients, step its optimizer and schedule, then the EMA."""
+        clip_gradients(self.params, self.cfg, self.optimizer)
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model, step)
+
+    def _adversarial_step(self, net: nn.Module, batch, gen: torch.Generator, step: int) -> float:
+        """One GAN step: G's forward once; D on real vs G(x).detach(); then G on its loss through
+        the updated D. Returns G's loss (D's is kept in ``_d_value``); a non-finite loss returns
+        at once, before any update, with ``_bad_loss`` naming it."""
+        cfg, adv = self.cfg, self._step_fn
+        self._dnet.train()
+        with autocast(self.device, cfg.amp):
+            out = adv.generate(net, batch, gen)
+        detached = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+        self.d_optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, cfg.amp):
+            d_loss = adv.d_loss(self._dnet, detached, batch, gen)
+        self._d_value = float(d_loss.detach().float())
+        if not math.isfinite(self._d_value):
+            self._bad_loss = "discriminator loss"
+            return self._d_value
+        d_loss.backward()
+        clip_gradients(self.d_params, self.d_cfg, self.d_optimizer)
+        self.d_optimizer.step()
+        self.d_scheduler.step()
+        # G's loss goes through the updated D, unwrapped (no DDP hooks) and frozen (no D gradients)
+        flags = [p.requires_grad for p in self.d_params]
+        for p in self.d_params:
+            p.requires_grad_(False)
+        try:
+            self.optimizer.zero_grad(set_to_none=True)
+            with autocast(self.device, cfg.amp):
+                g_loss = adv.g_loss(self.disc, out, batch, gen)
+            value = float(g_loss.detach().float())
+            if not math.isfinite(value):
+                self._bad_loss = "generator loss"
+                return value
+            g_loss.backward()
+        finally:
+            for p, f in zip(self.d_params, flags):
+                p.requires_grad_(f)
+        self._update_model(step)
         return value
 
     def _wrap(self, model: nn.Module) -> nn.Module:

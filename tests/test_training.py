@@ -15,8 +15,8 @@ import torch
 
 from ckmbench.errors import CkmError
 from ckmbench.method import RunContext
-from ckmbench.training import (EMA, STATE_FILE, Trainer, TrainConfig, TrainingDiverged, load_state, lr_lambda,
-                               rng_states, set_rng_states)
+from ckmbench.training import (EMA, STATE_FILE, AdversarialStep, Trainer, TrainConfig, TrainingDiverged,
+                               clip_gradients, load_state, lr_lambda, rng_states, set_rng_states)
 
 from train_helpers import ToyData, toy_config, toy_loss, toy_model, train_toy
 
@@ -27,8 +27,10 @@ def weights_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_after_kill_9_gives_bit_identical_weights(tmp_path):
-    script = [sys.executable, str(HERE / "train_helpers.py")]
+@pytest.mark.parametrize("script_name", ["train_helpers.py", "test_training.py"])
+def test_resume_after_kill_9_gives_bit_identical_weights(tmp_path, script_name):
+    """train_helpers.py trains the one-model toy; this file, run as a script, the toy GAN."""
+    script = [sys.executable, str(HERE / script_name)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     steps = 24
     subprocess.run(script + [str(tmp_path / "a"), str(tmp_path / "a.pt"), str(steps)], check=True, env=env)
@@ -215,3 +217,141 @@ def test_bad_training_settings_are_one_line_errors():
 def test_bf16_autocast_trains_on_the_cpu(tmp_path):
     _, result = train_toy(tmp_path, 4, amp="bf16")
     assert result.steps_done == 4 and math.isfinite(result.final_loss)
+
+
+# ------------------------------------------------------------------ adversarial training
+def toy_discriminator() -> torch.nn.Module:
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, stride=2, padding=1), torch.nn.BatchNorm2d(4),
+                               torch.nn.LeakyReLU(0.2), torch.nn.Conv2d(4, 1, 3, padding=1))
+
+
+def toy_gan_step(sleep_s: float = 0.0, seen: dict | None = None, nan_d_at: int | None = None) -> AdversarialStep:
+    """A conditional toy GAN: MSE content + 0.01 BCE adversarial term; jitter from the step's generator."""
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    calls = {"d": 0}
+
+    def generate(net, batch, generator):
+        obs, target, _ = batch
+        if sleep_s:
+            time.sleep(sleep_s)
+        jitter = 0.01 * torch.randn(target.shape, generator=generator, device=target.device)
+        return {"fake": net(obs.y), "real": target + jitter}
+
+    def d_loss(disc, out, batch, generator):
+        calls["d"] += 1
+        assert not out["fake"].requires_grad  # D learns on G(x).detach()
+        if seen is not None:
+            seen["d_weight_in_d_step"] = disc[0].weight.detach().clone()
+        real, fake = disc(out["real"]), disc(out["fake"])
+        loss = bce(real, torch.ones_like(real)) + bce(fake, torch.zeros_like(fake))
+        return loss * float("nan") if calls["d"] == nan_d_at else loss
+
+    def g_loss(disc, out, batch, generator):
+        if seen is not None:
+            seen["d_weight_in_g_step"] = disc[0].weight.detach().clone()
+            seen["d_frozen"] = not any(p.requires_grad for p in disc.parameters())
+        judged = disc(out["fake"])
+        return ((out["fake"] - out["real"]) ** 2).mean() + 0.01 * bce(judged, torch.ones_like(judged))
+
+    return AdversarialStep(generate, d_loss, g_loss)
+
+
+def gan_config(steps: int, **kw) -> TrainConfig:
+    return toy_config(steps, **kw)
+
+
+def train_toy_gan(state_dir: Path, steps: int, sleep_s: float = 0.0, d_lr: float = 5e-3, step=None):
+    gen, disc = toy_model(), toy_discriminator()
+    ctx = RunContext(seed=5, progress=False, fit_dir=Path(state_dir))
+    trainer = Trainer(gen, gan_config(steps), ctx, name="toy", discriminator=disc,
+                      d_cfg=TrainConfig(lr=d_lr, adam_betas=(0.5, 0.999), lr_schedule="step", lr_step_every=5))
+    result = trainer.fit(ToyData(), step or toy_gan_step(sleep_s))
+    return gen, disc, trainer, result
+
+
+def gan_weights(gen, disc) -> dict:
+    return {**{f"g.{k}": v for k, v in gen.state_dict().items()}, **{f"d.{k}": v for k, v in disc.state_dict().items()}}
+
+
+def test_gan_resume_after_a_crash_matches_uninterrupted(tmp_path):
+    gen, disc, trainer, result = train_toy_gan(tmp_path / "full", 10)
+    assert result.final_d_loss is not None and len(result.d_history) == 5
+    assert "final_d_loss" in result.as_record() and "d_history" not in result.as_record()
+
+    class Crash(Exception):
+        pass
+
+    inner = toy_gan_step()
+    calls = {"n": 0}
+
+    def crashing_generate(net, batch, g):
+        calls["n"] += 1
+        if calls["n"] == 8:  # after the checkpoint at step 6, before the one at 8
+            raise Crash()
+        return inner.generate(net, batch, g)
+
+    with pytest.raises(Crash):
+        train_toy_gan(tmp_path / "crash", 10, step=AdversarialStep(crashing_generate, inner.d_loss, inner.g_loss))
+    saved = load_state(tmp_path / "crash" / "toy" / STATE_FILE)
+    assert saved["step"] == 6 and saved["adversarial"]["optimizer"]["state"]
+    gen2, disc2, trainer2, resumed = train_toy_gan(tmp_path / "crash", 10)
+    assert resumed.resumed_from == 6 and resumed.steps_done == 10
+    assert weights_equal(gan_weights(gen, disc), gan_weights(gen2, disc2))
+    assert resumed.d_history == result.d_history and resumed.history == result.history
+    assert trainer2.d_scheduler.get_last_lr() == trainer.d_scheduler.get_last_lr() == [pytest.approx(5e-5)]  # 0.1 every 5
+
+
+def test_gan_step_order_d_first_then_g_through_the_updated_frozen_d(tmp_path):
+    seen: dict = {}
+    gen, disc = toy_model(), toy_discriminator()
+    ctx = RunContext(seed=5, progress=False)
+    Trainer(gen, gan_config(1), ctx, name="toy", discriminator=disc,
+            d_cfg=TrainConfig(lr=0.1)).fit(ToyData(), toy_gan_step(seen=seen))
+    assert not torch.equal(seen["d_weight_in_d_step"], seen["d_weight_in_g_step"])  # D stepped before G's loss
+    assert seen["d_frozen"] and all(p.requires_grad for p in disc.parameters())  # frozen only for G's pass
+
+
+def test_gan_nan_guard_names_the_discriminator_loss_and_the_step(tmp_path):
+    gen, disc = toy_model(), toy_discriminator()
+    ctx = RunContext(seed=5, progress=False, fit_dir=tmp_path)
+    trainer = Trainer(gen, gan_config(10), ctx, name="toy", discriminator=disc, d_cfg=TrainConfig(lr=1e-3))
+    with pytest.raises(TrainingDiverged, match=r"discriminator loss became nan at step 5.*step 4"):
+        trainer.fit(ToyData(), toy_gan_step(nan_d_at=5))
+    assert load_state(tmp_path / "toy" / STATE_FILE)["step"] == 4
+
+
+def test_gan_ema_is_the_generators_and_settings_are_checked(tmp_path):
+    gen, disc, trainer, _ = train_toy_gan(tmp_path, 4)
+    assert trainer.ema.shadow.keys() == toy_model().state_dict().keys()
+    assert weights_equal(gen.state_dict(), trainer.ema.shadow)  # the scored weights are G's EMA
+    ctx = RunContext(seed=5, progress=False, fit_dir=tmp_path)
+    with pytest.raises(CkmError, match="d_ema_decay.*generator only"):
+        Trainer(toy_model(), gan_config(4), ctx, discriminator=toy_discriminator(),
+                d_cfg=TrainConfig.from_hparams({"d_ema_decay": 0.9}, "d_"))
+    with pytest.raises(CkmError, match="--refit"):  # another discriminator lr: not the same training
+        train_toy_gan(tmp_path, 4, d_lr=1e-2)
+    with pytest.raises(CkmError, match="AdversarialStep"):
+        Trainer(toy_model(), gan_config(4), ctx).fit(ToyData(), toy_gan_step())
+    with pytest.raises(CkmError, match="AdversarialStep"):
+        Trainer(toy_model(), gan_config(4), ctx, discriminator=toy_discriminator()).fit(ToyData(), toy_loss())
+    assert "final_d_loss" not in train_toy(tmp_path / "single", 2)[1].as_record()
+
+
+def test_sgd_and_adjustable_gradient_clipping():
+    model = torch.nn.Linear(3, 1, bias=False)
+    cfg = TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, grad_clip=0.01, grad_clip_mode="adjustable")
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    model.weight.grad = torch.tensor([[5.0, -0.05, -3.0]])
+    clip_gradients(list(model.parameters()), cfg, opt)
+    assert torch.allclose(model.weight.grad, torch.tensor([[0.1, -0.05, -0.1]]))  # theta / lr = 0.1
+    assert TrainConfig().fingerprint() == TrainConfig(momentum=0.9, grad_clip_mode="norm").fingerprint()
+    assert TrainConfig(optimizer="sgd").fingerprint() != TrainConfig().fingerprint()
+    with pytest.raises(CkmError, match="grad_clip_mode='max'"):
+        TrainConfig.from_hparams({"grad_clip_mode": "max"})
+
+
+if __name__ == "__main__":  # the toy GAN for the kill -9 test: STATE_DIR OUT.pt STEPS [SLEEP_S]
+    torch.set_num_threads(1)
+    g, d, _, _ = train_toy_gan(Path(sys.argv[1]), int(sys.argv[3]), float(sys.argv[4]) if len(sys.argv) > 4 else 0.0)
+    torch.save(gan_weights(g, d), sys.argv[2])
