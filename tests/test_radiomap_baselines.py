@@ -1,0 +1,165 @@
+"""RadioUNet-c/-s and UVM-Net (and RME-GAN) at the tiny profile; paper sizes; the selective scan."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ckmbench.data.registry import load_dataset
+from ckmbench.errors import CkmError
+from ckmbench.fitting import fit_method
+from ckmbench.method import RunContext, TaskData
+from ckmbench_plugins.radiomap import RADIOUNET_PAPER
+from ckmbench_plugins.radiomap.radiounet import RadioUNet, from_training_scale, to_training_scale
+from ckmbench_plugins.radiomap.ssm import Mamba, selective_scan, selective_scan_loop
+from ckmbench_plugins.radiomap.wnet import RadioWNet
+from test_pixel_diffusion import crash_then_resume, one_thread, reg  # noqa: F401 - shared fixtures
+
+
+@pytest.fixture(scope="module")
+def datasets():
+    return {name: load_dataset(name, progress=False) for name in ("city-tiny", "city-tiny-cars")}
+
+
+def setup(reg, datasets, name, task_name, **over):
+    spec, ts = reg.method(name), reg.task(task_name)
+    data = datasets["city-tiny-cars" if task_name == "envgen-dynamic" else "city-tiny"]
+    task = ts.make(**ts.params)
+    hp = {**spec.profiles["tiny"], **over}
+    return spec, hp, task, data
+
+
+def fit_tiny(reg, datasets, name, task_name, root, **over):
+    spec, hp, task, data = setup(reg, datasets, name, task_name, **over)
+    method = spec.factory("tiny", hp)
+    ctx = RunContext(seed=0, profile="tiny", progress=False, fit_dir=root)
+    method.fit(TaskData(data.split("train"), task, 0), TaskData(data.split("val"), task, 0), task, ctx)
+    return method, task, data, ctx
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+CASES = [("radiounet-c", "envgen-static"), ("radiounet-c", "envgen-dynamic"), ("radiounet-s", "sparse"),
+         ("uvm-net", "envgen-static"), ("uvm-net", "envgen-dynamic")]
+
+
+@pytest.mark.parametrize("name,task_name", CASES)
+def test_fit_predict_shapes_inputs_and_seeded_determinism(reg, datasets, tmp_path, name, task_name):
+    method, task, data, ctx = fit_tiny(reg, datasets, name, task_name, tmp_path / "a")
+    hp = method.hparams
+    assert ctx.extras["fit"]["steps_done"] == hp["steps_u1"] + hp["steps_u2"]
+    expected = {"envgen-static": ["buildings", "tx_map"], "envgen-dynamic": ["buildings", "tx_map", "cars"],
+                "sparse": ["y", "mask"]}[task_name]
+    assert ctx.extras["fit"]["inputs"] == expected and method.net.inputs == len(expected)
+    obs, target, _ = TaskData(data.split("test"), task, 0).batch_at(range(3))
+    pred = method.predict(obs, ctx)
+    assert pred.shape == target.shape and pred.dtype == torch.float32
+    assert float(pred.min()) >= 0 and float(pred.max()) <= 1
+    if obs.buildings is not None:
+        assert torch.all(pred[obs.buildings > 0.5] == 0)  # building pixels are 0 by convention
+    assert torch.equal(pred, method.predict(obs, ctx))
+    again, *_ = fit_tiny(reg, datasets, name, task_name, tmp_path / "b")
+    assert same_weights(method.state_dict()["net"], again.state_dict()["net"])
+    other, *_ = fit_tiny(reg, datasets, name, task_name, tmp_path / "c", steps_u2=0)
+    other.load_state_dict(method.state_dict())  # a stored fit restores the inputs and the weights
+    assert torch.equal(other.predict(obs, ctx), pred)
+
+
+@pytest.mark.parametrize("name", ["radiounet-c", "uvm-net"])
+def test_a_crash_in_either_phase_resumes_to_the_same_weights(reg, datasets, tmp_path, monkeypatch, name):
+    spec, hp, task, data = setup(reg, datasets, name, "envgen-static")
+    train, val = TaskData(data.split("train"), task, 0), TaskData(data.split("val"), task, 0)
+
+    def fit(root):
+        monkeypatch.setenv("CKMBENCH_FITS", str(root))
+        method = spec.factory("tiny", dict(hp))
+        method.info = fit_method(method, spec, version="t", train_task=task, train_name="city-tiny", train_hash="h",
+                                 profile="tiny", hparams=dict(hp), seed=0, train=train, val=val,
+                                 ctx=RunContext(seed=0, profile="tiny", progress=False), registry=reg)
+        return method
+
+    whole = fit(tmp_path / "whole")
+    assert whole.info["resumed_from"] is None
+    # the 5th step of the first U-Net (after its checkpoint at 3), then the 4th of the second
+    for phase, crash_at, root in (("u1", 5, "p1"), ("u2", 4, "p2")):
+        resumed = crash_then_resume(monkeypatch, fit, tmp_path / root, crash_at=crash_at, trainer_name=phase)
+        assert same_weights(whole.state_dict()["net"], resumed.state_dict()["net"]), phase
+    assert resumed.info["resumed_from"] == 3  # phase 2 went on from its own checkpoint
+
+
+def test_phase_two_leaves_the_first_unet_untouched(reg, datasets, tmp_path):
+    only_first, *_ = fit_tiny(reg, datasets, "radiounet-c", "envgen-static", tmp_path / "a", steps_u2=0)
+    both, *_ = fit_tiny(reg, datasets, "radiounet-c", "envgen-static", tmp_path / "b")
+    assert same_weights(only_first.net.u1.state_dict(), both.net.u1.state_dict())
+    moved = [not torch.equal(a, b) for a, b in zip(only_first.net.u2.state_dict().values(),
+                                                   both.net.u2.state_dict().values())]
+    assert any(moved)  # the second U-Net did train
+    assert all(p.requires_grad for p in both.net.parameters())  # unfrozen again once fitted
+    assert (only_first.output, both.output) == ("u1", "u2")  # an untrained second U-Net is not used
+
+
+@pytest.mark.parametrize("name", ["radiounet-c", "uvm-net"])
+def test_loss_falls_on_a_fixed_batch(reg, datasets, name):
+    spec, hp, task, data = setup(reg, datasets, name, "envgen-static")
+    method = spec.factory("tiny", hp)
+    batch = TaskData(data.split("train"), task, 0).batch_at(range(8))
+    loss = method.phase_loss("u1")
+    opt = torch.optim.Adam(method.net.u1.parameters(), lr=3e-3)
+    start = float(loss(method.net.u1, batch, None).detach())
+    for _ in range(40):
+        opt.zero_grad()
+        loss(method.net.u1, batch, None).backward()
+        opt.step()
+    assert float(loss(method.net.u1, batch, None).detach()) < 0.5 * start
+
+
+def test_thresh_maps_targets_and_predictions_back():
+    u = torch.tensor([0.0, 0.1, 0.2, 0.5, 0.9, 1.0])
+    v = to_training_scale(u, 0.2)
+    assert torch.allclose(v, torch.tensor([0.0, 0.0, 0.0, 0.375, 0.875, 1.0]))
+    back = from_training_scale(v, 0.2)
+    assert torch.allclose(back[2:], u[2:]) and torch.all(back[:2] == 0.2)  # below thresh: clipped
+    buildings = torch.tensor([1.0, 0, 0, 0, 0, 0])
+    assert from_training_scale(v, 0.2, buildings)[0] == 0 and torch.equal(from_training_scale(u, 0.0), u)
+    with pytest.raises(CkmError, match="thresh"):
+        RadioUNet("tiny", {"thresh": 1.0})
+
+
+def test_variants_refuse_tasks_without_their_inputs(reg, datasets, tmp_path):
+    for name, task_name in (("radiounet-c", "sparse"), ("radiounet-s", "envgen-static"), ("uvm-net", "sr4")):
+        with pytest.raises(CkmError, match=name):
+            fit_tiny(reg, datasets, name, task_name, tmp_path / name)
+
+
+def test_paper_profiles_match_the_official_parameter_counts(reg):
+    with torch.device("meta"):
+        wnet = RadioWNet(2, RADIOUNET_PAPER["width"])
+        uvm = reg.method("uvm-net").factory("paper", reg.method("uvm-net").profiles["paper"]).net
+    count = sum(p.numel() for p in wnet.parameters())
+    assert abs(count - 13.27e6) / 13.27e6 < 0.15
+    assert abs(count - 13.27e6) / 13.27e6 < 0.001  # the official layer list lands on 13.27 M
+    assert sum(p.numel() for p in uvm.parameters()) > count  # RadioWNet plus the two Mamba blocks
+    p = RADIOUNET_PAPER
+    assert (p["batch_size"], p["lr"], p["lr_step_epochs"], p["lr_gamma"], p["thresh"]) == (15, 1e-4, 30, 0.1, 0.2)
+    assert (p["epochs_u1"], p["epochs_u2"], p["select"], p["lr_schedule"]) == (50, 50, "best", "step")
+
+
+def test_vectorised_selective_scan_matches_the_timestep_loop():
+    g = torch.Generator().manual_seed(0)
+    b, d, n, L = 2, 3, 4, 37  # L not a power of two
+    u, delta, z = (torch.randn(b, d, L, generator=g) for _ in range(3))
+    A = -torch.rand(d, n, generator=g) * 3
+    B, C = torch.randn(b, n, L, generator=g), torch.randn(b, n, L, generator=g)
+    D, bias = torch.randn(d, generator=g), torch.randn(d, generator=g)
+    for kw in ({}, {"D": D, "z": z, "delta_bias": bias, "delta_softplus": True}):
+        fast = selective_scan(u, delta.abs() if not kw else delta, A, B, C, **kw)
+        slow = selective_scan_loop(u, delta.abs() if not kw else delta, A, B, C, **kw)
+        assert torch.allclose(fast, slow, atol=1e-5, rtol=1e-5)
+    seq = torch.randn(2, 19, 8, generator=g)
+    torch.manual_seed(0)
+    block = Mamba(8, d_state=4)
+    out = block(seq)
+    assert out.shape == seq.shape
+    assert torch.allclose(block(seq[:, :10]), out[:, :10], atol=1e-5)  # causal: the past ignores the future
