@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ from ckmbench.errors import CkmError
 from ckmbench.fitting import fit_method
 from ckmbench.method import RunContext, TaskData
 from ckmbench_plugins.radiomap import RADIOUNET_PAPER
+from ckmbench_plugins.radiomap import gan_losses as L
 from ckmbench_plugins.radiomap.radiounet import RadioUNet, from_training_scale, to_training_scale
 from ckmbench_plugins.radiomap.ssm import Mamba, selective_scan, selective_scan_loop
 from ckmbench_plugins.radiomap.wnet import RadioWNet
@@ -42,14 +45,16 @@ def same_weights(a: dict, b: dict) -> bool:
 
 
 CASES = [("radiounet-c", "envgen-static"), ("radiounet-c", "envgen-dynamic"), ("radiounet-s", "sparse"),
-         ("uvm-net", "envgen-static"), ("uvm-net", "envgen-dynamic")]
+         ("uvm-net", "envgen-static"), ("uvm-net", "envgen-dynamic"), ("rme-gan", "envgen-static")]
+PHASES = {"radiounet-c": ("u1", "u2"), "radiounet-s": ("u1", "u2"), "uvm-net": ("u1", "u2"),
+          "rme-gan": ("global", "local")}
 
 
 @pytest.mark.parametrize("name,task_name", CASES)
 def test_fit_predict_shapes_inputs_and_seeded_determinism(reg, datasets, tmp_path, name, task_name):
     method, task, data, ctx = fit_tiny(reg, datasets, name, task_name, tmp_path / "a")
-    hp = method.hparams
-    assert ctx.extras["fit"]["steps_done"] == hp["steps_u1"] + hp["steps_u2"]
+    first, second = PHASES[name]
+    assert ctx.extras["fit"]["steps_done"] == method.hparams[f"steps_{first}"] + method.hparams[f"steps_{second}"]
     expected = {"envgen-static": ["buildings", "tx_map"], "envgen-dynamic": ["buildings", "tx_map", "cars"],
                 "sparse": ["y", "mask"]}[task_name]
     assert ctx.extras["fit"]["inputs"] == expected and method.net.inputs == len(expected)
@@ -62,12 +67,12 @@ def test_fit_predict_shapes_inputs_and_seeded_determinism(reg, datasets, tmp_pat
     assert torch.equal(pred, method.predict(obs, ctx))
     again, *_ = fit_tiny(reg, datasets, name, task_name, tmp_path / "b")
     assert same_weights(method.state_dict()["net"], again.state_dict()["net"])
-    other, *_ = fit_tiny(reg, datasets, name, task_name, tmp_path / "c", steps_u2=0)
+    other = reg.method(name).factory("tiny", dict(method.hparams))
     other.load_state_dict(method.state_dict())  # a stored fit restores the inputs and the weights
     assert torch.equal(other.predict(obs, ctx), pred)
 
 
-@pytest.mark.parametrize("name", ["radiounet-c", "uvm-net"])
+@pytest.mark.parametrize("name", ["radiounet-c", "uvm-net", "rme-gan"])
 def test_a_crash_in_either_phase_resumes_to_the_same_weights(reg, datasets, tmp_path, monkeypatch, name):
     spec, hp, task, data = setup(reg, datasets, name, "envgen-static")
     train, val = TaskData(data.split("train"), task, 0), TaskData(data.split("val"), task, 0)
@@ -83,9 +88,11 @@ def test_a_crash_in_either_phase_resumes_to_the_same_weights(reg, datasets, tmp_
     whole = fit(tmp_path / "whole")
     assert whole.info["resumed_from"] is None
     # the 5th step of the first U-Net (after its checkpoint at 3), then the 4th of the second
-    for phase, crash_at, root in (("u1", 5, "p1"), ("u2", 4, "p2")):
+    for phase, crash_at, root in zip(PHASES[name], (5, 4), ("p1", "p2")):
         resumed = crash_then_resume(monkeypatch, fit, tmp_path / root, crash_at=crash_at, trainer_name=phase)
         assert same_weights(whole.state_dict()["net"], resumed.state_dict()["net"]), phase
+        if name == "rme-gan":
+            assert same_weights(whole.state_dict()["disc"], resumed.state_dict()["disc"]), phase
     assert resumed.info["resumed_from"] == 3  # phase 2 went on from its own checkpoint
 
 
@@ -141,6 +148,12 @@ def test_paper_profiles_match_the_official_parameter_counts(reg):
     assert abs(count - 13.27e6) / 13.27e6 < 0.15
     assert abs(count - 13.27e6) / 13.27e6 < 0.001  # the official layer list lands on 13.27 M
     assert sum(p.numel() for p in uvm.parameters()) > count  # RadioWNet plus the two Mamba blocks
+    with torch.device("meta"):
+        gan = reg.method("rme-gan").factory("paper", reg.method("rme-gan").profiles["paper"])
+    assert abs(gan.num_parameters() - 16.0e6) / 16.0e6 < 0.15
+    assert abs(sum(p.numel() for p in gan.disc.parameters()) - 2.77e6) / 2.77e6 < 0.01  # the code's DCGAN D
+    g = reg.method("rme-gan").profiles["paper"]
+    assert (g["batch_size"], g["lr"], g["lr_step_epochs"], g["epochs_global"], g["epochs_local"]) == (30, 1e-3, 25, 50, 50)
     p = RADIOUNET_PAPER
     assert (p["batch_size"], p["lr"], p["lr_step_epochs"], p["lr_gamma"], p["thresh"]) == (15, 1e-4, 30, 0.1, 0.2)
     assert (p["epochs_u1"], p["epochs_u2"], p["select"], p["lr_schedule"]) == (50, 50, "best", "step")
@@ -163,3 +176,36 @@ def test_vectorised_selective_scan_matches_the_timestep_loop():
     out = block(seq)
     assert out.shape == seq.shape
     assert torch.allclose(block(seq[:, :10]), out[:, :10], atol=1e-5)  # causal: the past ignores the future
+
+
+def test_gan_losses_stay_finite_over_200_steps(reg, datasets, tmp_path):
+    """The trainer's NaN guard stops a fit at the first non-finite G or D loss, so finishing all
+    200 steps means every loss was finite; the last logged ones are checked too."""
+    method, task, data, ctx = fit_tiny(reg, datasets, "rme-gan", "envgen-static", tmp_path, steps_global=100,
+                                       steps_local=100, batch_size=2, width=0.05, val_every=0, val_max=2,
+                                       checkpoint_every=1000)
+    fit = ctx.extras["fit"]
+    assert fit["steps_done"] == 200
+    losses = [fit["final_loss"], fit["final_d_loss"], fit["global_phase"]["final_loss"],
+              fit["global_phase"]["final_d_loss"]]
+    assert all(v is not None and math.isfinite(v) for v in losses), losses
+    obs, _, _ = TaskData(data.split("test"), task, 0).batch_at(range(2))
+    assert torch.isfinite(method.predict(obs, ctx)).all()
+
+
+def test_rme_gan_loss_terms_vanish_on_the_target_and_carry_gradients():
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 1, 32, 32, generator=g)
+    pred = (target + 0.2 * torch.randn(2, 1, 32, 32, generator=g)).requires_grad_(True)
+    terms = {"tv": lambda p, t: L.tv_loss(p), "cos": L.gradient_cosine_loss, "msssim_l1": L.ms_ssim_l1_loss,
+             "power": L.power_loss, "slic": lambda p, t: L.slic_loss(p, t, 8, 1.0)}
+    for name, term in terms.items():
+        value = term(pred, target)
+        value.backward()
+        assert torch.isfinite(pred.grad).all() and float(pred.grad.abs().sum()) > 0, name
+        pred.grad = None
+        if name != "tv":
+            assert float(term(target, target)) < 1e-5 < float(value.detach()), name
+    peaks = L.slic_peaks(target[:, 0].numpy(), 8, 1.0)
+    assert all(len(p) >= 2 for p in peaks)  # one strongest pixel per superpixel
+    assert float(L.tv_loss(torch.ones(1, 1, 8, 8))) == 0

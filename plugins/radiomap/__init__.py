@@ -1,4 +1,4 @@
-"""Learned radio-map baselines of the seed papers' tables: RadioUNet-c/-s, UVM-Net (and RME-GAN).
+"""Learned radio-map baselines of the seed papers' tables: RadioUNet-c/-s, UVM-Net and RME-GAN.
 
 Profiles: ``paper`` follows the papers and the official code (epochs become trainer steps
 through the train-split size); ``small`` and ``tiny`` shrink only the
@@ -11,6 +11,7 @@ from ckmbench.hookspecs import hookimpl
 from ckmbench.specs import MethodSpec
 
 from .radiounet import RadioUNet, RadioUNetS
+from .rmegan import RMEGAN
 from .uvmnet import UVMNet
 
 ENVGEN_TASKS = ("envgen-static", "envgen-dynamic")
@@ -42,6 +43,31 @@ UVMNET_PAPER = dict(RADIOUNET_PAPER, **SSM)
 UVMNET_SMALL = dict(RADIOUNET_SMALL, **SSM)
 UVMNET_TINY = dict(RADIOUNET_TINY, **{**SSM, "d_state": 4})
 
+# RME-GAN (Zhang et al.): RadioWNet generator + DCGAN discriminator (16.0 M), Adam 1e-3 divided
+# by 10 every 25 epochs (generator and discriminator alike), batch 30, 50 epochs of the global
+# phase then 50 of the local one from its best generator, best validation MSE kept; the
+# papers' loss weights. No sparse samples (as S3/S4 ran it).
+RMEGAN_PAPER = dict(
+    RADIOUNET_PAPER, epochs_u1=None, epochs_u2=None, epochs_global=50, epochs_local=50, steps_global=None,
+    steps_local=None, batch_size=30, lr=1e-3, lr_step_epochs=25,
+    global_adv=10.0, global_mse=1.0, global_tv=10.0, global_cos=10.0,
+    local_adv=1.0, local_mse=100.0, local_tv=0.001, local_msssim_l1=84.0, local_power=1.0, local_slic=1.0,
+    msssim_alpha=0.84, slic_segments=50, slic_sigma=5.0,
+)
+for _key in ("epochs_u1", "epochs_u2", "steps_u1", "steps_u2"):
+    RMEGAN_PAPER.pop(_key)
+# small: width 0.5 (generator 3.32 M + discriminator 0.69 M), 600 steps per phase, lr / 10 after
+# half of each phase (as 25 of 50 epochs), validation every 150 steps on 120 val maps.
+RMEGAN_SMALL = dict(
+    RMEGAN_PAPER, width=0.5, epochs_global=None, epochs_local=None, steps_global=600, steps_local=600,
+    lr_step_epochs=None, lr_step_every=300, val_every_epochs=None, val_every=150, val_max=120, checkpoint_every=150,
+    log_every=50,
+)
+RMEGAN_TINY = dict(
+    RMEGAN_SMALL, width=0.1, steps_global=6, steps_local=6, batch_size=4, lr_step_every=4, val_every=3, val_max=8,
+    checkpoint_every=3, log_every=3, slic_segments=8,
+)
+
 
 def radiomap_specs() -> list[MethodSpec]:
     return [
@@ -54,6 +80,9 @@ def radiomap_specs() -> list[MethodSpec]:
         MethodSpec(name="uvm-net", factory=UVMNet, tasks=ENVGEN_TASKS, kind="learned",
                    profiles={"tiny": UVMNET_TINY, "small": UVMNET_SMALL, "paper": UVMNET_PAPER},
                    description="UVM-Net (RadioDiff's baseline): RadioUNet training with a Mamba block in each U-Net"),
+        MethodSpec(name="rme-gan", factory=RMEGAN, tasks=ENVGEN_TASKS, kind="learned",
+                   profiles={"tiny": RMEGAN_TINY, "small": RMEGAN_SMALL, "paper": RMEGAN_PAPER},
+                   description="RME-GAN (Zhang et al.): RadioWNet + DCGAN discriminator, global then local loss"),
     ]
 
 

@@ -75,6 +75,16 @@ def mse_over(batches, predict) -> float:
     return total / max(1, count)
 
 
+def both_phases(first, second):
+    """The record of a two-phase fit: the second phase's result with the steps, time and
+    budget of both (the first phase's own figures go beside it)."""
+    second.steps_done += first.steps_done
+    second.steps_planned += first.steps_planned
+    second.train_s += first.train_s
+    second.budget_reached = first.budget_reached or second.budget_reached
+    return second
+
+
 class RadioUNet(Method):
     """RadioUNet-c / -s: RadioWNet on buildings + Tx (+ cars), or on sparse samples + mask."""
 
@@ -183,11 +193,7 @@ class RadioUNet(Method):
         # a fit whose second U-Net never trained (steps_u2 = 0, or a time budget spent in
         # phase 1) predicts from the first, not from an untrained second U-Net
         self.output = "u2" if second.steps_done > 0 else "u1"
-        second.steps_done += first.steps_done
-        second.steps_planned += first.steps_planned
-        second.train_s += first.train_s
-        second.budget_reached = first.budget_reached or second.budget_reached
-        report_fit(ctx, second, inputs=list(self.inputs), thresh=self.thresh, output=self.output,
+        report_fit(ctx, both_phases(first, second), inputs=list(self.inputs), thresh=self.thresh, output=self.output,
                    phase1={"steps_done": first.steps_done, "best_val": first.best_val, "final_loss": first.final_loss})
 
     # ------------------------------------------------------------ prediction
