@@ -1,0 +1,222 @@
+"""SRResNet, SRGAN-MSE, SRGAN, DRRN, C-VAE and the cGAN at the tiny profile; paper-profile sizes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ckmbench.data.registry import load_dataset
+from ckmbench.errors import CkmError
+from ckmbench.fitting import fit_method
+from ckmbench.method import RunContext, TaskData
+from ckmbench.metrics.cost import count_parameters
+from ckmbench.runner import RunConfig, run
+from ckmbench_plugins.srbaselines import (CGAN_PAPER, DRRN_PAPER, SRGAN_PAPER, SRRESNET_PAPER, SRRESNET_SMALL)
+from ckmbench_plugins.srbaselines.cgan import PatchGAN, UnetGenerator
+from ckmbench_plugins.srbaselines.drrn import DRRN
+from ckmbench_plugins.srbaselines.srresnet import SRResNet
+
+from test_pixel_diffusion import crash_then_resume, one_thread, reg  # noqa: F401 (fixtures: one thread, registry)
+
+DATASET, CARS = "city-tiny", "city-tiny-cars"
+
+# every kind of task each baseline supports (the SR family shares one code path per factor)
+CASES = [("srresnet", "sr4"), ("srresnet", "sr2-noisy"), ("srresnet", "sr8-envcf"), ("srgan-mse", "sr4"),
+         ("drrn", "sr4"), ("drrn", "sr16-envcf"), ("cvae", "sr4-noisy"), ("cvae", "sr8"),
+         ("cgan", "inpaint"), ("cgan", "sr4-noisy"), ("cgan", "denoise"), ("cgan", "envgen-static"),
+         ("cgan", "envgen-dynamic")]
+
+
+@pytest.fixture(scope="module")
+def datasets():
+    return {name: load_dataset(name, progress=False) for name in (DATASET, CARS)}
+
+
+def make(reg, name, task_name, **over):
+    spec, ts = reg.method(name), reg.task(task_name)
+    return spec.factory("tiny", {**spec.profiles["tiny"], **over}), ts.make(**ts.params)
+
+
+def fit_tiny(reg, datasets, name, task_name, root, seed=0, **over):
+    method, task = make(reg, name, task_name, **over)
+    data = datasets[CARS if task_name == "envgen-dynamic" else DATASET]
+    ctx = RunContext(seed=seed, profile="tiny", progress=False, fit_dir=root)
+    method.fit(TaskData(data.split("train"), task, 0), TaskData(data.split("val"), task, 0), task, ctx)
+    return method, task, data, ctx
+
+
+def test_baselines_are_registered_for_their_tasks(reg):
+    for name in ("srresnet", "srgan-mse", "srgan", "drrn", "cvae"):
+        assert {"sr2", "sr16", "sr4-noisy", "sr8-envcf", "zeroshot-sr16"} <= set(reg.method(name).tasks)
+    assert set(reg.method("cgan").tasks) == {"inpaint", "sr4-noisy", "denoise", "envgen-static", "envgen-dynamic"}
+
+
+@pytest.mark.parametrize("name,task_name", CASES)
+def test_fit_predict_shapes_and_seeded_determinism(reg, datasets, tmp_path, name, task_name):
+    method, task, data, ctx = fit_tiny(reg, datasets, name, task_name, tmp_path / "a")
+    assert ctx.extras["fit"]["steps_done"] == method.hparams["steps"]
+    obs, target, _ = TaskData(data.split("test"), task, 0).batch_at(range(3))
+    pred = method.predict(obs, ctx)
+    assert pred.shape == target.shape and pred.dtype == torch.float32
+    assert 0.0 <= float(pred.min()) and float(pred.max()) <= 1.0 and float(pred.std()) > 0
+    again, _, _, _ = fit_tiny(reg, datasets, name, task_name, tmp_path / "b")
+    assert torch.equal(pred, again.predict(obs, ctx))  # same seed: same weights, same prediction
+    if task_name == next(t for n, t in CASES if n == name):  # once per method: another seed, other weights
+        other, _, _, _ = fit_tiny(reg, datasets, name, task_name, tmp_path / "c", seed=1)
+        assert not torch.equal(pred, other.predict(obs, ctx))
+
+
+def test_srresnet_scores_other_factors_from_its_x4_fit(reg, datasets, tmp_path):
+    method, _, data, ctx = fit_tiny(reg, datasets, "srresnet", "sr4", tmp_path)
+    for task_name in ("zeroshot-sr2", "zeroshot-sr8", "zeroshot-sr16"):
+        ts = reg.task(task_name)
+        task = ts.make(**ts.params)
+        obs, target, _ = TaskData(data.split("test"), task, 0).batch_at(range(2))
+        assert method.predict(obs, ctx).shape == target.shape
+    # the same map at x2, given as if x4 measurements: the network runs at its own factor
+    ts = reg.task("sr4")
+    sr4 = ts.make(**ts.params)
+    obs4, _, _ = TaskData(data.split("test"), sr4, 0).batch_at(range(2))
+    lr, reduce = method.native_input(obs4)
+    assert reduce == 1 and torch.equal(lr, obs4.y)
+
+
+def test_zero_shot_runs_reuse_the_sr4_fit(tmp_path, reg):
+    common = dict(method="drrn", dataset=DATASET, profile="tiny", runs_dir=str(tmp_path / "runs"),
+                  store=str(tmp_path / "store.jsonl"), progress=False, max_test=4, examples=0)
+    first = run(RunConfig(task="sr4", **common), reg)
+    assert first["status"] == "done", first["message"]
+    shot = run(RunConfig(task="zeroshot-sr8", **common), reg)
+    assert shot["status"] == "done", shot["message"]
+    assert shot["fit"]["source"] == "cache" and shot["fit"]["key"] == first["fit"]["key"]
+
+
+def test_srgan_mse_starts_from_the_srresnet_fit(tmp_path, reg):
+    common = dict(dataset=DATASET, profile="tiny", runs_dir=str(tmp_path / "runs"), task="sr4",
+                  store=str(tmp_path / "store.jsonl"), progress=False, max_test=2, examples=0)
+    gan = run(RunConfig(method="srgan-mse", hparams={"init_from": "srresnet"}, **common), reg)
+    assert gan["status"] == "done", gan["message"]
+    assert "from the srresnet fit" in gan["fit"]["variant"] and math.isfinite(gan["fit"]["final_d_loss"])
+    res = run(RunConfig(method="srresnet", **common), reg)
+    assert res["fit"]["source"] == "cache"  # trained first as the dependency
+    bad = run(RunConfig(method="srgan-mse", hparams={"init_from": "srresnet", "width": 4}, **common), reg)
+    assert bad["status"] == "error" and "width" in bad["message"] and "\n" not in bad["message"]
+
+
+@pytest.mark.parametrize("name,task_name", [("srresnet", "sr4"), ("srgan-mse", "sr4"), ("drrn", "sr4"),
+                                            ("cvae", "sr4"), ("cgan", "inpaint")])
+def test_a_crashed_fit_resumes_to_the_same_weights(tmp_path, reg, datasets, monkeypatch, name, task_name):
+    spec, ts = reg.method(name), reg.task(task_name)
+    task = ts.make(**ts.params)
+    data = datasets[DATASET]
+    train, val = TaskData(data.split("train"), task, 0), TaskData(data.split("val"), task, 0)
+
+    def fit(root):
+        monkeypatch.setenv("CKMBENCH_FITS", str(root))
+        method = spec.factory("tiny", dict(spec.profiles["tiny"]))
+        method.info = fit_method(method, spec, version="t", train_task=task, train_name=DATASET, train_hash="h",
+                                 profile="tiny", hparams=dict(spec.profiles["tiny"]), seed=0, train=train, val=val,
+                                 ctx=RunContext(seed=0, profile="tiny", progress=False), registry=reg)
+        return method
+
+    whole = fit(tmp_path / "a")
+    resumed = crash_then_resume(monkeypatch, fit, tmp_path / "b", crash_at=7)  # checkpoints at 4 and 8
+    assert whole.info["resumed_from"] is None and resumed.info["resumed_from"] == 4
+    a, b = whole.state_dict()["net"], resumed.state_dict()["net"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", ["srresnet", "drrn", "cvae"])
+def test_loss_falls_on_a_fixed_batch(reg, datasets, name):
+    method, task = make(reg, name, "sr4")
+    method.meta = method.configure(task)
+    torch.manual_seed(0)
+    method.net = method.build_net()
+    batch = TaskData(datasets[DATASET].split("train"), task, 0).batch_at(range(8))
+    loss_fn = method.step(None)
+    opt = torch.optim.Adam(method.net.parameters(), lr=2e-3)
+
+    def fixed_loss():
+        return loss_fn(method.net, batch, torch.Generator().manual_seed(0))
+
+    method.net.train()  # BN on the batch's statistics (no dropout in these networks): comparable losses
+    start = float(fixed_loss().detach())
+    for _ in range(40):
+        opt.zero_grad()
+        fixed_loss().backward()
+        opt.step()
+    assert float(fixed_loss().detach()) < 0.5 * start
+
+
+@pytest.mark.parametrize("name,task_name", [("srgan-mse", "sr4"), ("cgan", "inpaint")])
+def test_gan_losses_stay_finite_over_200_steps_and_content_improves(reg, datasets, tmp_path, name, task_name):
+    small = {"d_width": 4, "batch_size": 2} if name == "srgan-mse" else {"batch_size": 2}
+    method, task, data, ctx = fit_tiny(reg, datasets, name, task_name, tmp_path, steps=200, log_every=20,
+                                       checkpoint_every=100, **small)
+    fit = ctx.extras["fit"]
+    assert fit["steps_done"] == 200 and math.isfinite(fit["final_d_loss"]) and math.isfinite(fit["final_loss"])
+    untrained, _, _, _ = fit_tiny(reg, datasets, name, task_name, tmp_path / "zero", steps=0, **small)
+    obs, target, _ = TaskData(data.split("test"), task, 0).batch_at(range(4))
+    err = float(((method.predict(obs, ctx) - target) ** 2).mean())
+    assert err < float(((untrained.predict(obs, ctx) - target) ** 2).mean())
+
+
+def test_srgan_refuses_without_vgg_weights_and_trains_with_a_local_file(reg, datasets, tmp_path, monkeypatch):
+    monkeypatch.delenv("CKMBENCH_VGG19", raising=False)
+    with pytest.raises(CkmError, match=r"vgg19-dcbb9e9d\.pth.*nothing is downloaded") as exc:
+        fit_tiny(reg, datasets, "srgan", "sr4", tmp_path / "none")
+    assert "\n" not in str(exc.value)
+    with pytest.raises(CkmError, match="is not a file"):
+        fit_tiny(reg, datasets, "srgan", "sr4", tmp_path / "typo", vgg_weights=str(tmp_path / "missing.pth"))
+    from torchvision.models import vgg19
+
+    torch.manual_seed(0)  # a stand-in for the ImageNet file: same layout (features only), random values
+    path = tmp_path / "vgg19.pth"
+    torch.save({f"features.{k}": v for k, v in vgg19(weights=None).features[:36].state_dict().items()}, path)
+    monkeypatch.setenv("CKMBENCH_VGG19", str(path))
+    method, _, _, ctx = fit_tiny(reg, datasets, "srgan", "sr4", tmp_path / "vgg", steps=2)
+    assert "vgg54" in ctx.extras["fit"]["variant"] and math.isfinite(ctx.extras["fit"]["final_loss"])
+    assert count_parameters(method) == count_parameters(method.net)  # frozen VGG is not counted
+
+
+def test_cvae_samples_vary_and_the_score_uses_the_prior_mean(reg, datasets, tmp_path):
+    method, task, data, ctx = fit_tiny(reg, datasets, "cvae", "sr4", tmp_path)
+    obs, target, _ = TaskData(data.split("test"), task, 0).batch_at(range(2))
+    draws = method.sample(obs, 3, torch.Generator().manual_seed(0))
+    assert draws.shape == (3, *target.shape) and not torch.equal(draws[0], draws[1])
+    assert 0.0 <= float(draws.min()) and float(draws.max()) <= 1.0
+    net = method.net
+    with torch.no_grad():
+        c, _ = method.condition(obs)
+        feats = net.cond(c)
+        at_mean = net.decode(c, feats, net.prior(feats)[0]).clamp(0, 1)
+    assert torch.equal(method.predict(obs, ctx), at_mean.mean(1, keepdim=True)[..., :32, :32])
+
+
+def test_methods_refuse_tasks_they_do_not_support(reg, datasets, tmp_path):
+    with pytest.raises(CkmError, match="inpaint, sr\\*-noisy"):
+        fit_tiny(reg, datasets, "cgan", "sr4", tmp_path / "a")
+    with pytest.raises(CkmError, match="super-resolution"):
+        fit_tiny(reg, datasets, "drrn", "inpaint", tmp_path / "b")
+    method, _ = make(reg, "srresnet", "sr4")
+    with pytest.raises(CkmError, match="fit it first"):
+        method.predict(None, RunContext(progress=False))
+
+
+def test_paper_profiles_match_the_papers_parameter_counts():
+    def count(build):
+        with torch.device("meta"):
+            return count_parameters(build())
+
+    hp = SRRESNET_PAPER
+    srresnet = count(lambda: SRResNet(4, hp["image_channels"], hp["width"], hp["blocks"]))
+    assert abs(srresnet - 1.5e6) / 1.5e6 < 0.05  # Ledig et al.: ~1.5 M (x4, RGB); measured 1.549 M
+    assert SRGAN_PAPER["blocks"] == 16 and SRGAN_PAPER["adv_weight"] == 1e-3 and SRGAN_PAPER["lr"] == 1e-4
+    assert SRRESNET_SMALL["blocks"] == 16 and SRRESNET_SMALL["width"] == 64  # small keeps the paper's network
+    drrn = DRRN(1, DRRN_PAPER["width"], DRRN_PAPER["units"])
+    assert abs(count_parameters(drrn) - 297e3) / 297e3 < 0.01 and drrn.conv_layers() == 52  # Tai et al.: 297 K
+    unet = count(lambda: UnetGenerator(3, 3, CGAN_PAPER["num_downs"], CGAN_PAPER["ngf"]))
+    patch = count(lambda: PatchGAN(6, CGAN_PAPER["ndf"], CGAN_PAPER["n_layers"]))
+    assert abs(unet - 54.41e6) / 54.41e6 < 0.01 and abs(patch - 2.77e6) / 2.77e6 < 0.01  # pix2pix's unet_256, 70x70
