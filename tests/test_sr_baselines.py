@@ -170,11 +170,11 @@ def test_srgan_refuses_without_vgg_weights_and_trains_with_a_local_file(reg, dat
     assert "\n" not in str(exc.value)
     with pytest.raises(CkmError, match="is not a file"):
         fit_tiny(reg, datasets, "srgan", "sr4", tmp_path / "typo", vgg_weights=str(tmp_path / "missing.pth"))
-    from torchvision.models import vgg19
+    from torchvision.models.vgg import cfgs, make_layers
 
     torch.manual_seed(0)  # a stand-in for the ImageNet file: same layout (features only), random values
     path = tmp_path / "vgg19.pth"
-    torch.save({f"features.{k}": v for k, v in vgg19(weights=None).features[:36].state_dict().items()}, path)
+    torch.save({f"features.{k}": v for k, v in make_layers(cfgs["E"])[:36].state_dict().items()}, path)
     monkeypatch.setenv("CKMBENCH_VGG19", str(path))
     method, _, _, ctx = fit_tiny(reg, datasets, "srgan", "sr4", tmp_path / "vgg", steps=2)
     assert "vgg54" in ctx.extras["fit"]["variant"] and math.isfinite(ctx.extras["fit"]["final_loss"])

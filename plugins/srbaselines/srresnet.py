@@ -98,12 +98,12 @@ class VGG54(nn.Module):
     """φ5,4 of ImageNet VGG19 (torchvision layout, features[:36]), frozen, ImageNet-normalised."""
 
     def __init__(self, path: Path):
-        from torchvision.models import vgg19
+        from torchvision.models.vgg import cfgs, make_layers
 
         super().__init__()
         state = load_checkpoint_file(path, what="VGG19 weights", kind="torchvision VGG19 weights",
                                      fix=f"pass the torchvision file {VGG_FILE} with --set vgg_weights=PATH")
-        features = vgg19(weights=None).features[:36]
+        features = make_layers(cfgs["E"])[:36]  # VGG19's convolutions, without the 120 M classifier
         sub = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
         try:
             features.load_state_dict({k: v for k, v in sub.items() if int(k.split(".")[0]) < 36})
