@@ -70,11 +70,16 @@ def test_fit_predict_shapes_and_seeded_determinism(reg, datasets, tmp_path, name
 
 def test_srresnet_scores_other_factors_from_its_x4_fit(reg, datasets, tmp_path):
     method, _, data, ctx = fit_tiny(reg, datasets, "srresnet", "sr4", tmp_path)
-    for task_name in ("zeroshot-sr2", "zeroshot-sr8", "zeroshot-sr16"):
+    for task_name, reduce in (("zeroshot-sr2", 2), ("zeroshot-sr8", 1), ("zeroshot-sr16", 1)):
         ts = reg.task(task_name)
         task = ts.make(**ts.params)
         obs, target, _ = TaskData(data.split("test"), task, 0).batch_at(range(2))
         assert method.predict(obs, ctx).shape == target.shape
+        lr, r = method.native_input(obs)
+        assert r == reduce and lr.shape[-1] == (16 if reduce == 2 else 8)  # x2: its 16^2 samples; else 32/4
+        if reduce == 1:  # x8/x16 -> x4 input: bicubic then the task's subsampling keeps the measured pixels
+            step = task.factor // 4
+            assert torch.allclose(lr[..., ::step, ::step], obs.y, atol=1e-5)
     # the same map at x2, given as if x4 measurements: the network runs at its own factor
     ts = reg.task("sr4")
     sr4 = ts.make(**ts.params)
