@@ -13,7 +13,7 @@ from ckmbench.fitting import fit_method
 from ckmbench.method import RunContext, TaskData
 from ckmbench_plugins.radiomap import RADIOUNET_PAPER
 from ckmbench_plugins.radiomap import gan_losses as L
-from ckmbench_plugins.radiomap.radiounet import RadioUNet, from_training_scale, to_training_scale
+from ckmbench_plugins.radiomap.radiounet import RadioUNet, from_training_scale, phase_config, to_training_scale
 from ckmbench_plugins.radiomap.ssm import Mamba, selective_scan, selective_scan_loop
 from ckmbench_plugins.radiomap.wnet import RadioWNet
 from test_pixel_diffusion import crash_then_resume, one_thread, reg  # noqa: F401 - shared fixtures
@@ -45,7 +45,7 @@ def same_weights(a: dict, b: dict) -> bool:
 
 
 CASES = [("radiounet-c", "envgen-static"), ("radiounet-c", "envgen-dynamic"), ("radiounet-s", "sparse"),
-         ("uvm-net", "envgen-static"), ("uvm-net", "envgen-dynamic"), ("rme-gan", "envgen-static")]
+         ("uvm-net", "envgen-static"), ("rme-gan", "envgen-static")]
 PHASES = {"radiounet-c": ("u1", "u2"), "radiounet-s": ("u1", "u2"), "uvm-net": ("u1", "u2"),
           "rme-gan": ("global", "local")}
 
@@ -72,7 +72,7 @@ def test_fit_predict_shapes_inputs_and_seeded_determinism(reg, datasets, tmp_pat
     assert torch.equal(other.predict(obs, ctx), pred)
 
 
-@pytest.mark.parametrize("name", ["radiounet-c", "uvm-net", "rme-gan"])
+@pytest.mark.parametrize("name", ["radiounet-c", "rme-gan"])  # uvm-net trains through radiounet-c's code
 def test_a_crash_in_either_phase_resumes_to_the_same_weights(reg, datasets, tmp_path, monkeypatch, name):
     spec, hp, task, data = setup(reg, datasets, name, "envgen-static")
     train, val = TaskData(data.split("train"), task, 0), TaskData(data.split("val"), task, 0)
@@ -132,6 +132,13 @@ def test_thresh_maps_targets_and_predictions_back():
     assert from_training_scale(v, 0.2, buildings)[0] == 0 and torch.equal(from_training_scale(u, 0.0), u)
     with pytest.raises(CkmError, match="thresh"):
         RadioUNet("tiny", {"thresh": 1.0})
+
+
+def test_paper_epochs_become_steps_and_mixed_units_are_refused():
+    cfg = phase_config(RADIOUNET_PAPER, "u1", n_train=301)  # 301 maps / batch 15: 21 steps per epoch
+    assert (cfg.steps, cfg.lr_step_every, cfg.val_every, cfg.select) == (50 * 21, 30 * 21, 21, "best")
+    with pytest.raises(CkmError, match="steps_u1"):
+        phase_config({**RADIOUNET_PAPER, "steps_u1": 100}, "u1", n_train=301)
 
 
 def test_variants_refuse_tasks_without_their_inputs(reg, datasets, tmp_path):
@@ -209,3 +216,7 @@ def test_rme_gan_loss_terms_vanish_on_the_target_and_carry_gradients():
     peaks = L.slic_peaks(target[:, 0].numpy(), 8, 1.0)
     assert all(len(p) >= 2 for p in peaks)  # one strongest pixel per superpixel
     assert float(L.tv_loss(torch.ones(1, 1, 8, 8))) == 0
+    gauss = L._gauss_1d(8.0, 33, "cpu", torch.float32)  # the blur as matrices equals the zero-padded conv
+    conv = torch.nn.functional.conv2d(torch.nn.functional.conv2d(target, gauss.view(1, 1, 1, -1), padding=(0, 16)),
+                                      gauss.view(1, 1, -1, 1), padding=(16, 0))
+    assert torch.allclose(L._blur(target, gauss), conv, atol=1e-6)

@@ -58,8 +58,11 @@ def phase_config(hp: dict, phase: str, n_train: int) -> TrainConfig:
     per_epoch = max(1, math.ceil(n_train / batch))
 
     def steps(epochs_key: str, steps_key: str) -> int:
-        epochs = hp.get(epochs_key)
-        return int(epochs) * per_epoch if epochs is not None else int(hp.get(steps_key) or 0)
+        epochs, count = hp.get(epochs_key), hp.get(steps_key)
+        if epochs is not None and count is not None:
+            raise CkmError(f"{epochs_key}={epochs} and {steps_key}={count} both set: the paper profile counts in "
+                           f"epochs (--set {epochs_key}=...), small and tiny in steps (--set {steps_key}=...)")
+        return int(epochs) * per_epoch if epochs is not None else int(count or 0)
 
     kw = dict(hp, steps=steps(f"epochs_{phase}", f"steps_{phase}"),
               lr_step_every=steps("lr_step_epochs", "lr_step_every"), val_every=steps("val_every_epochs", "val_every"))
