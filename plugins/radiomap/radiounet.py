@@ -95,7 +95,6 @@ class RadioUNet(Method):
     kinds = ("envgen",)
     fields = ("buildings", "tx_map", "cars")  # candidates, in channel order
     required = ("buildings", "tx_map")
-    predict_hparams = ("predict_batch",)
 
     def __init__(self, profile: str = "small", hparams: dict | None = None):
         super().__init__(profile, hparams)
