@@ -341,3 +341,26 @@ def test_a_crashed_fit_resumes_to_the_same_weights(tmp_path, reg, data, monkeypa
     assert whole.info["resumed_from"] is None and resumed.info["resumed_from"] == 4
     assert all(torch.equal(x, y) for x, y in zip(whole.state_dict()["net"].values(),
                                                  resumed.state_dict()["net"].values()))
+
+
+def test_the_diagnosis_script_reports_every_estimate(capsys, monkeypatch):
+    """benchmarks/diagnose_pixel_diffusion.py (quoted in the docs) runs on a tiny fit and
+    prints one PSNR per estimate: conditioning, each sample and running mean, each t."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "diagnose_pixel_diffusion.py"
+    spec = importlib.util.spec_from_file_location("diagnose_pixel_diffusion", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(sys, "argv", ["diagnose", "--method", "cgdm", "--task", "sr4", "--dataset", DATASET,
+                                      "--profile", "tiny", "--max-test", "3", "--samples", "2", "--t", "5,49"])
+    script.main()
+    rows = [line for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ") and "PSNR" not in line and not line.startswith("| ---")]
+    names = [r.split(" | ")[0].strip("| ") for r in rows]
+    assert names == ["conditioning (upsampled measurements)", "sample 1", "mean of samples 1-1", "sample 2",
+                     "mean of samples 1-2", "one-call x0 estimate at t = 5", "one-call x0 estimate at t = 49"]
+    values = [float(r.split(" | ")[1].strip(" |")) for r in rows]
+    assert all(v == v and 0 < v < 100 for v in values)  # finite PSNRs in dB
+    assert values[1] == values[2]  # the mean of one sample is that sample
