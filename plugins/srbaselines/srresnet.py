@@ -36,7 +36,7 @@ from ckmbench_plugins.baselines.problem import lr_mode_of
 
 from .common import SRBaseline, bce_logits, crop_offsets, degrade, from_channels, start_from, to_channels, upsampled
 
-ARCH_KEYS = ("blocks", "width", "image_channels")
+ARCH_KEYS = ("blocks", "width", "image_channels", "residual")
 VGG_FILE = "vgg19-dcbb9e9d.pth"
 VGG_ENV = "CKMBENCH_VGG19"
 
@@ -115,7 +115,7 @@ class VGG54(nn.Module):
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
 
     def forward(self, u):
-        x = from_channels(u).clamp(0.0, 1.0).repeat(1, 3, 1, 1)
+        x = from_channels(u).repeat(1, 3, 1, 1)
         return self.features((x - self.mean) / self.std) / 12.75
 
     def train(self, mode: bool = True):
@@ -144,19 +144,36 @@ class SRResNetMethod(SRBaseline):
         hp = self.hparams
         return SRResNet(int(self.meta["factor"]), self.channels, int(hp["width"]), int(hp["blocks"]))
 
+    def variant(self) -> str:
+        return super().variant() + (", residual over bicubic" if self.residual else "")
+
     # ------------------------------------------------------------ data
+    @property
+    def residual(self) -> bool:
+        """Small-profile device: the network adds to the bicubic map instead of drawing the map."""
+        return bool(self.hparams.get("residual", False))
+
     def training_pair(self, batch, generator):
-        """(low-res input, high-res target) of a batch, both as ``image_channels`` channels; an
-        aligned random crop (offset a multiple of s) when the profile asks."""
+        """(low-res input, high-res target, bicubic base or None) of a batch, as ``image_channels``
+        channels; an aligned random crop (offset a multiple of s) when the profile asks."""
         obs, target, _ = batch
         s = int(self.meta["factor"])
         lr, hr = obs.y, target
+        base = upsampled(self.name, obs) if self.residual else None
         box = crop_offsets(hr.shape, self.hparams.get("crop"), s, generator)
         if box is not None:
             r, q, c = box
             hr = hr[..., r:r + c, q:q + c]
             lr = lr[..., r // s:(r + c) // s, q // s:(q + c) // s]
-        return to_channels(lr, self.channels), to_channels(hr, self.channels)
+            base = base[..., r:r + c, q:q + c] if base is not None else None
+        base = to_channels(base, self.channels) if base is not None else None
+        return to_channels(lr, self.channels), to_channels(hr, self.channels), base
+
+    @staticmethod
+    def generate_hr(net, lr, hr, base) -> torch.Tensor:
+        """The network's map for a training pair, on the target's grid (+ the bicubic base)."""
+        out = net(lr)[..., :hr.shape[-2], :hr.shape[-1]]
+        return out if base is None else out + base
 
     def native_input(self, obs) -> tuple[torch.Tensor, int]:
         """(low-res map at the trained factor s, reduction r of the output) for any task factor f.
@@ -183,12 +200,13 @@ class SRResNetMethod(SRBaseline):
         if reduce > 1:
             out = degrade(out, reduce, lr_mode_of(obs))
         H, W = obs.out_shape
-        return out[..., :H, :W]
+        # residual: the base is the bicubic map of the measurements as given (their own factor)
+        return out[..., :H, :W] + upsampled(self.name, obs) if self.residual else out[..., :H, :W]
 
     def step(self, ctx):
         def loss(net, batch, generator):
-            lr, hr = self.training_pair(batch, generator)
-            return F.mse_loss(net(lr).float(), hr)
+            lr, hr, base = self.training_pair(batch, generator)
+            return F.mse_loss(self.generate_hr(net, lr, hr, base).float(), hr)
 
         return loss
 
@@ -223,8 +241,8 @@ class SRGANMethod(SRResNetMethod):
         weight = float(self.hparams.get("adv_weight", 1e-3))
 
         def generate(net, batch, generator):
-            lr, hr = self.training_pair(batch, generator)
-            return {"fake": net(lr), "real": hr}
+            lr, hr, base = self.training_pair(batch, generator)
+            return {"fake": self.generate_hr(net, lr, hr, base), "real": hr}
 
         def d_loss(disc, out, batch, generator):
             return bce_logits(disc(out["real"]), True) + bce_logits(disc(out["fake"]), False)
