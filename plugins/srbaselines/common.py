@@ -20,15 +20,12 @@ from ckmbench.training import Trainer, TrainConfig, step_seed
 from ckmbench_plugins.baselines.problem import lr_mode_of
 from ckmbench_plugins.diffusion.srdiff import check_sr, seeded_build, upsample_on_device
 
-PREDICT_HPARAMS = ("predict_batch",)
-
-
 class LearnedBaseline(Method):
     """Skeleton of a learned baseline: subclasses give ``configure``, ``build_net``, ``forward``
     (observation -> map in [0, 1], the network's prediction) and ``step`` (the trainer's loss
     function or ``AdversarialStep``)."""
 
-    predict_hparams = PREDICT_HPARAMS
+    predict_hparams = ()  # every profile key changes the fit (prediction is one forward pass)
     trainer_name = "net"
 
     def __init__(self, profile: str = "small", hparams: dict | None = None):
