@@ -140,9 +140,12 @@ def cli(verbose: bool):
 @click.option("--set", "sets", multiple=True, help="Hyper-parameter override key=value (repeatable).")
 @click.option("--fid/--no-fid", default=None,
               help="Compute FID (default: only for inpaint, denoise, generate and the -noisy sr tasks).")
+@click.option("--protocol", default=None,
+              help="Score under a paper's protocol (envcdiff, ckmdiff): runs the task variant <task>@<protocol> "
+                   "(docs/protocol.md §7).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def run(method, task, dataset, train_dataset, profile, seed, device, data_root, train_data_root, store, runs_dir,
-        max_test, time_budget, checkpoint, refit, sets, fid, no_progress):
+        max_test, time_budget, checkpoint, refit, sets, fid, protocol, no_progress):
     """Fit METHOD on TASK, score it, print the metrics and store a record."""
     from .plugins import registry
     from .report import print_record
@@ -157,7 +160,16 @@ def run(method, task, dataset, train_dataset, profile, seed, device, data_root, 
     resolve_device(device)
     reg = registry()
     methods = reg.names("methods") if methods == ["all"] else methods
-    tasks = reg.names("tasks") if tasks == ["all"] else tasks
+    if tasks == ["all"]:  # the plain tasks; paper-protocol variants only when a protocol is asked for
+        tasks = [t for t in reg.names("tasks") if "@" not in t]
+        if protocol:
+            from .tasks.protocols import PROTOCOLS
+
+            tasks = list(PROTOCOLS[protocol].tasks) if protocol in PROTOCOLS else tasks
+    if protocol:
+        from .tasks.protocols import variant_name
+
+        tasks = [variant_name(t, protocol) for t in tasks]
     for name in methods:
         reg.method(name)
     for name in tasks:

@@ -46,6 +46,8 @@ SIG_DIGITS = 4
 EXAMPLE_ROWS = 4
 DPI = 100
 REPORTED_HEADING = "Reported in the papers (not reproduced here)"
+PROTOCOL_HEADING = "Reported in the papers, and reproduced here under each paper's protocol"
+REPRODUCED_MARK = "↳ reproduced"
 REPORTED_COLUMNS = ("paper", "dataset_id", "task_id", "method", "metric", "value", "dataset", "task", "note")
 # reported.csv metric name -> column position among ckmbench's names (mse_pixel *is* mse).
 REPORTED_ALIASES = {"mse_pixel": "mse"}
@@ -237,6 +239,9 @@ class Board:
     failures: list[dict] = field(default_factory=list)
     reported: pd.DataFrame | None = None
     mixed_hashes: list[str] = field(default_factory=list)  # set when rows of several dataset versions are shown
+    # Rows reproduced under a paper's protocol that stand beside this table's reported rows:
+    # (dataset, task, paper, row) of boards "<task>@<protocol>" (docs/leaderboards.md).
+    protocol_rows: list[tuple[str, str, str, "Row"]] = field(default_factory=list)
 
     @property
     def metric_columns(self) -> list[str]:
@@ -358,16 +363,34 @@ def _reported_header(name: str) -> str:
     return f"{name} ↓" if base in REPORTED_LOWER_BETTER else name
 
 
-def _reported_table(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Rows (paper, method) in the CSV's order, one column per metric; plus the settings lines."""
+def _protocol_label(dataset: str, task: str, row: Row) -> str:
+    return f"{REPRODUCED_MARK}: `{task}` on {dataset}, N={row.n_test or '?'} [{row.profile}]"
+
+
+def _reported_table(frame: pd.DataFrame, protocol_rows: list | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Rows (paper, method) in the CSV's order, one column per metric; plus the settings lines.
+
+    ``protocol_rows`` -- (dataset, task, paper, Row) reproduced under a paper's protocol --
+    go right below that paper's row of the same method (rows of methods the paper does not
+    report follow its last row), their cells in the same columns, so each gap reads in place.
+    """
     columns = _reported_columns(frame)
     order = list(dict.fromkeys(zip(frame["paper"], frame["method"])))
     cells = {(p, m, metric): value for p, m, metric, value in
              zip(frame["paper"], frame["method"], frame["metric"], frame["value"])}
-    table = pd.DataFrame(
-        [[p, m] + [cells.get((p, m, c), "") for c in columns] for p, m in order],
-        columns=["paper", "method"] + [_reported_header(c) for c in columns],
-    )
+    body = []
+    extra = list(protocol_rows or [])
+    for i, (p, m) in enumerate(order):
+        body.append([p, m] + [cells.get((p, m, c), "") for c in columns])
+        mine = [x for x in extra if x[2] == p and x[3].method == m]
+        last_of_paper = all(q != p for q, _ in order[i + 1:])
+        if last_of_paper:
+            mine += [x for x in extra if x[2] == p and x not in mine and (p, x[3].method) not in order]
+        for x in sorted(mine, key=lambda x: (x[0], x[1], x[3].method, _profile_rank(x[3].profile))):
+            dataset, task, _, row = x
+            body.append([_protocol_label(dataset, task, row), row.label]
+                        + [format_sig(row.metrics.get(c)) if row.metrics.get(c) is not None else "" for c in columns])
+    table = pd.DataFrame(body, columns=["paper", "method"] + [_reported_header(c) for c in columns])
     settings = []
     for paper in dict.fromkeys(frame["paper"]):
         part = frame[frame["paper"] == paper]
@@ -506,14 +529,24 @@ def _board_markdown(board: Board, figure: str | None, examples: str | None, repo
     if examples:
         parts += [f"![example maps]({examples})", ""]
     if board.reported is not None and len(board.reported):
-        table, settings = _reported_table(board.reported)
-        parts += [
-            f"## {REPORTED_HEADING}", "",
-            f"Numbers copied from the papers (`{reported_name}`), for orientation only: their "
-            "settings (map size, split, training budget) differ from the runs above, so they are "
-            "not ranked against them.", "",
-            _markdown_table(table), "", "Settings as the papers describe them:", "", *settings, "",
-        ]
+        table, settings = _reported_table(board.reported, board.protocol_rows)
+        if board.protocol_rows:
+            parts += [
+                f"## {PROTOCOL_HEADING}", "",
+                f"Numbers copied from the papers (`{reported_name}`); below a paper's row, `{REPRODUCED_MARK}` "
+                "rows are ckmbench runs of the same method under that paper's protocol (task "
+                "`<task>@<protocol>`, docs/protocol.md §7) on the maps named, so the gap reads in place. "
+                "The maps are not the paper's test set (see its split below), and no row here is ranked.", "",
+                _markdown_table(table), "", "Settings as the papers describe them:", "", *settings, "",
+            ]
+        else:
+            parts += [
+                f"## {REPORTED_HEADING}", "",
+                f"Numbers copied from the papers (`{reported_name}`), for orientation only: their "
+                "settings (map size, split, training budget) differ from the runs above, so they are "
+                "not ranked against them.", "",
+                _markdown_table(table), "", "Settings as the papers describe them:", "", *settings, "",
+            ]
     if board.rows:
         parts += _provenance(board) + [""]
     notes = _notes(board, extra_notes)
@@ -694,6 +727,27 @@ def _examples_figure(board: Board, found: list[tuple[Row, dict]]) -> bytes | Non
 
 # ----------------------------------------------------------------------------- build
 
+def _attach_protocol_rows(boards: dict[tuple[str, str], Board], reported: pd.DataFrame) -> None:
+    """Rows of a paper-protocol task ``<task>@<protocol>`` join the table that holds that
+    paper's reported rows of ``<task>`` (on the dataset the scored maps are a sample of), and
+    the protocol's own table shows that paper's reported rows beside its runs."""
+    from .tasks.protocols import reported_home
+
+    for (dataset, task), board in sorted(boards.items()):
+        home = reported_home(dataset, task)
+        if home is None or not board.rows:
+            continue
+        home_dataset, home_task, paper = home
+        part = reported[(reported["dataset_id"] == home_dataset) & (reported["task_id"] == home_task)
+                        & (reported["paper"] == paper)]
+        if not len(part):
+            continue
+        entries = [(dataset, task, paper, row) for row in board.rows]
+        boards[(home_dataset, home_task)].protocol_rows += entries
+        board.reported = part
+        board.protocol_rows = list(entries)
+
+
 def _write(path: Path, data: bytes) -> None:
     """Atomic write that leaves an identical file untouched (keeps mtimes stable)."""
     if path.is_file() and path.read_bytes() == data:
@@ -737,6 +791,9 @@ def _board_inputs_hash(board: "Board", store_dir: Path, reported_name: str, code
     records = [r for row in board.rows for r in row.records] + list(board.failures)
     h.update(json.dumps(records, sort_keys=True, default=str).encode())
     h.update(json.dumps(board.mixed_hashes).encode())
+    if board.protocol_rows:
+        h.update(json.dumps([[d, t, p, row.records] for d, t, p, row in board.protocol_rows],
+                            sort_keys=True, default=str).encode())
     if board.reported is not None:
         h.update(board.reported.to_csv(index=False).encode())
     for r in records:
@@ -783,6 +840,7 @@ def build_leaderboards(records: list[dict], out_dir: Path, store_dir: Path,
         if not (_SAFE_NAME.match(dataset) and _SAFE_NAME.match(task)):
             raise CkmError(f"reported numbers: dataset_id/task_id {dataset!r}/{task!r} cannot be a file name: fix the CSV")
         boards.setdefault((dataset, task), Board(dataset, task)).reported = part
+    _attach_protocol_rows(boards, reported)
     ordered = [boards[k] for k in sorted(boards)]
     stale = _stale_tables(out_dir, ordered)
     if stale and not prune:

@@ -41,7 +41,8 @@ FID_TASKS = ("inpaint", "denoise", "generate", "sr2-noisy", "sr4-noisy", "sr8-no
 
 
 def wants_fid(cfg: "RunConfig") -> bool:
-    return cfg.fid if cfg.fid is not None else cfg.task in FID_TASKS
+    # a paper-protocol variant "<task>@<protocol>" follows its task
+    return cfg.fid if cfg.fid is not None else cfg.task.partition("@")[0] in FID_TASKS
 
 
 class RunTimeout(Exception):
@@ -356,6 +357,9 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
 
         gain_range = torch.from_numpy(prep.test.gain_range.astype(np.float32))
         result = evaluate(pred, target, gain_range, regions, fid=wants_fid(cfg))
+        from .tasks.protocols import apply_conventions
+
+        apply_conventions(prep.task, result.summary, result.notes, pred, target, regions)
         record["metrics"] = _clean(result.summary)
         record["metric_notes"] = _clean(result.notes)
         in_sample = (getattr(method, "in_sample", None) or {}).get(cfg.dataset)

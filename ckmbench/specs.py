@@ -32,7 +32,8 @@ class MethodSpec:
     fits_dir: str | None = None
 
     def supports(self, task_name: str) -> bool:
-        return task_name in self.tasks
+        """Exact names; a paper-protocol variant ``<task>@<protocol>`` is supported with its task."""
+        return task_name in self.tasks or task_name.partition("@")[0] in self.tasks
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,12 @@ def load_map0(root=None, progress: bool = True, **_):
     return _load(progress=progress)
 
 
+def load_samples(root=None, progress: bool = True, **_):
+    from .radiomapseer import load_samples as _load
+
+    return _load(progress=progress)
+
+
 def load_rms(name: str, simulation: str, cars: bool, root=None, progress: bool = True, **_):
     from .radiomapseer import load_radiomapseer
 
@@ -141,6 +147,9 @@ def ckmbench_register_datasets(register):
                                          f"at {c['pixel_m']} m/px, {c['n_maps']} maps, per-map min-max (CGDM setting)"))
     register(DatasetSpec(name="radiomapseer-map0", load=load_map0,
                          description="real RadioMapSeer DPM sample shipped with ckmbench: map 0, 5 Tx, 256x256 (test only)"))
+    register(DatasetSpec(name="radiomapseer-samples", load=load_samples,
+                         description="25 real RadioMapSeer DPM maps shipped with ckmbench: map 0 (5 Tx) + 20 "
+                                     "gain-only maps of other layouts, 256x256 (test only; paper protocols)"))
     for sim in ("DPM", "IRT2", "IRT4"):
         for cars in (False, True):
             name = f"radiomapseer-{'cars-' if cars else ''}{sim.lower()}"

@@ -223,5 +223,7 @@ def builtin_task_specs() -> list[TaskSpec]:
 
 @hookimpl
 def ckmbench_register_tasks(register):
-    for spec in builtin_task_specs():
+    from .protocols import protocol_task_specs  # the paper-protocol variants (docs/protocol.md §7)
+
+    for spec in builtin_task_specs() + protocol_task_specs():
         register(spec)

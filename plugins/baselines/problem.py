@@ -40,6 +40,7 @@ class Problem:
     gain_range: tuple[float, float]
     pixel_m: float
     tx: np.ndarray | None = None
+    keep_observed: bool = False  # the task asks to return the measurements as measured (fill only)
 
 
 def noise_std_of(obs) -> float:
@@ -101,7 +102,7 @@ def problems(obs) -> list[Problem]:
             shape=shape, points=points, values=values, noise_std=sigma, spacing=spacing, known=known,
             known_values=known_values, dense=dense,
             gain_range=(float(obs.gain_range[i, 0]), float(obs.gain_range[i, 1])),
-            pixel_m=float(obs.pixel_m[i]), tx=tx,
+            pixel_m=float(obs.pixel_m[i]), tx=tx, keep_observed=bool(obs.extras.get("keep_observed", False)),
         ))
     return out
 
@@ -111,9 +112,11 @@ def kept_pixels(problem: Problem, smooths: bool) -> np.ndarray:
 
     Exact measurements are always kept. Noisy ones are kept by exact interpolators (which
     have nothing better to offer there), except when every pixel is measured (denoising),
-    where the method's own estimate is the whole answer. Smoothers re-estimate every pixel.
+    where the method's own estimate is the whole answer. Smoothers re-estimate every pixel,
+    unless the task asks for the measurements as measured (``extras["keep_observed"]``: a
+    paper protocol whose interpolators only fill the unobserved pixels, e.g. CKMDiff's).
     """
-    if problem.noise_std == 0.0:
+    if problem.noise_std == 0.0 or (problem.keep_observed and not problem.dense):
         return problem.known
     if smooths or problem.dense:
         return np.zeros(problem.shape, bool)
