@@ -199,3 +199,22 @@ def test_a_protocol_run_end_to_end(tmp_path):
     assert rec["metrics"]["psnr"] > rec["metrics"]["psnr@hole"] + 10
     stored = json.loads((tmp_path / "r.jsonl").read_text().splitlines()[0])
     assert stored["task"] == "inpaint@ckmdiff"
+
+
+def test_cli_protocol_option(tmp_path):
+    import subprocess
+    import sys
+
+    def ckm(*args):
+        return subprocess.run([sys.executable, "-m", "ckmbench.cli", *args], capture_output=True, text=True)
+
+    out = ckm("run", "-m", "bilinear", "-t", "sr4", "--protocol", "envcdiff", "--store", str(tmp_path / "r.jsonl"))
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert "protocol 'envcdiff' has no variant of task 'sr4'" in out.stderr
+    out = ckm("run", "-m", "bilinear", "-t", "sr4-envcf", "--protocol", "nope", "--store", str(tmp_path / "r.jsonl"))
+    assert out.returncode == 2 and "unknown protocol 'nope'" in out.stderr
+    out = ckm("run", "-m", "bilinear", "-t", "sr4-envcf", "--protocol", "envcdiff", "-d", "radiomapseer-samples",
+              "--max-test", "1", "--no-progress", "--store", str(tmp_path / "r.jsonl"))
+    assert out.returncode == 0, out.stderr
+    record = json.loads((tmp_path / "r.jsonl").read_text().splitlines()[0])
+    assert record["task"] == "sr4-envcf@envcdiff" and "ssim_convention" in record["metric_notes"]
