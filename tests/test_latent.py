@@ -164,3 +164,13 @@ def test_autoencoder_discriminator_phase_runs_on_the_shared_trainer(data, genera
     with pytest.raises(CkmError, match="lpips"):
         fitted_autoencoder(train, None, RunContext(seed=0, profile="tiny", progress=False),
                            dict(hp, lpips_weights="vgg.pth"))
+
+
+def test_random_crop_is_drawn_from_the_step_seed():
+    from ckmbench.latent.autoencoder import random_crop
+
+    x = torch.arange(2 * 64 * 64, dtype=torch.float32).reshape(2, 1, 64, 64)
+    a = random_crop(x, 32, torch.Generator().manual_seed(7))
+    assert a.shape == (2, 1, 32, 32) and torch.equal(a, random_crop(x, 32, torch.Generator().manual_seed(7)))
+    assert not torch.equal(a, random_crop(x, 32, torch.Generator().manual_seed(8)))
+    assert random_crop(x, None, torch.Generator()) is x and random_crop(x, 32, None) is x

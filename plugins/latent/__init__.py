@@ -30,18 +30,19 @@ CKMDIFF_PAPER = dict(
     t_min=1e-4, loss="l2", latent_scale=0.3, building_threshold=0.08, canny_sigma=1.0,
     steps=300_000, batch_size=32, optimizer="adamw", lr=4e-5, lr_end=4e-6, lr_schedule="linear", grad_clip=1.0,
     ema_decay=0.9999, ema_start=10_000, fresh_degradations=True, select="last", checkpoint_every=5000,
-    log_every=100, val_every=0, amp=None, sample_steps=50,
+    log_every=100, val_every=0, amp=None, sample_steps=50, cache_latents=False,
     **prefixed(AE_PAPER),
 )
 # small (~30 min in total on 2 CPU cores at 64^2, docs/methods/ckmdiff.md): the small autoencoder
 # (f = 4: 3 x 16^2 latents), width 32 with [1, 2, 2, 2] and one block per level, a conv condition
 # encoder, fewer steps, 10 sampling steps, a higher learning rate and a faster EMA for the short run,
-# the latent scale measured (1 / std of the latents); the same U-Net for every task.
+# the latent scale measured (1 / std of the latents); the same U-Net for every task. Each map's
+# latent is computed once and kept (cache_latents: the same values, not a shrinking device).
 CKMDIFF_SMALL = dict(
     CKMDIFF_PAPER, encoder="conv", cond_channels=[16, 32, 32, 32], base=32, mults=[1, 2, 2, 2], num_res_blocks=1,
     norm_groups=8, sr_base=32, sr_mults=[1, 2, 2, 2], sr_batch_size=16, sr_steps=2000, sr_lr=2e-4, sr_lr_end=2e-5,
     steps=2000, batch_size=16, lr=2e-4, lr_end=2e-5, ema_decay=0.999, ema_start=200, latent_scale="auto",
-    checkpoint_every=250, log_every=50, sample_steps=10,
+    checkpoint_every=250, log_every=50, sample_steps=10, cache_latents=True,
     **prefixed(AE_SMALL),
 )
 CKMDIFF_TINY = dict(

@@ -71,6 +71,7 @@ class CKMDiff(Method):
         self.net: CKMDiffNet | None = None
         self.ae: KLAutoencoder | None = None
         self.arch: dict | None = None
+        self._latents: dict[str, torch.Tensor] = {}  # key of a map -> its unscaled latent (cache_latents)
 
     # ------------------------------------------------------------ building
     def architecture(self, kind: str, image_size: int, downsample: int, z_channels: int) -> dict:
@@ -91,10 +92,14 @@ class CKMDiff(Method):
         return arch
 
     @staticmethod
-    def build(arch: dict) -> CKMDiffNet:
+    def build(arch: dict, init_weights: bool = True) -> CKMDiffNet:
+        """The network of ``arch``; ``init_weights=False`` skips the encoder's ImageNet file
+        (a stored fit brings its own weights, and the file need not exist where it is scored)."""
         enc = None
         if arch["encoder"] is not None:
             e = dict(arch["encoder"])
+            if not init_weights:
+                e["weights"] = None
             enc = build_condition_encoder(e.pop("kind"), **e)
         cond = tuple(enc.channels) if enc is not None else ()
         return CKMDiffNet(TwoHeadUNet(cond_channels=cond, **arch["unet"]), enc)
@@ -111,9 +116,20 @@ class CKMDiff(Method):
         hp = self.hparams
         return feature_emphasis(obs, float(hp.get("building_threshold", 0.08)), float(hp.get("canny_sigma", 1.0)))
 
-    def latent(self, u: torch.Tensor) -> torch.Tensor:
+    def latent(self, u: torch.Tensor, keys=None) -> torch.Tensor:
+        """z0 = scale x posterior mean. With ``cache_latents`` (and the maps' keys) each map is
+        encoded once, alone (so its latent does not depend on the batch it came in), and kept:
+        the target never changes, only the degradation does, so this saves the frozen encoder's
+        pass at every step without changing what is trained."""
+        scale = self.arch["latent_scale"]
         with torch.no_grad():
-            return self.ae.encode(u).float() * self.arch["latent_scale"]
+            if keys is None or not self.hparams.get("cache_latents"):
+                return self.ae.encode(u).float() * scale
+            cache = self._latents
+            for i, k in enumerate(keys):
+                if k not in cache:
+                    cache[k] = self.ae.encode(u[i:i + 1]).float()[0].cpu()
+            return torch.stack([cache[k] for k in keys]).to(u.device) * scale
 
     def latent_scale(self, train) -> float:
         """The profile's number (RadioDiff's 0.3), or "auto": 1 / std of the first 64 train latents."""
@@ -130,7 +146,7 @@ class CKMDiff(Method):
     def loss(self, net, batch, generator) -> torch.Tensor:
         obs, target, _ = batch
         cond = self.condition(obs)
-        z0 = self.latent(target)
+        z0 = self.latent(target, obs.keys)
         return self.ddm.training_loss(lambda z, t: net(z, t, cond), z0, generator=generator)
 
     def validation_fn(self, val, batch_size: int):
@@ -155,6 +171,7 @@ class CKMDiff(Method):
         if kind not in KINDS or (kind == "sr" and not getattr(task, "noisy", False)):
             raise CkmError(f"method ckmdiff trains on inpaint, denoise, sr*-noisy and generate; got {task.name}")
         ae_hp = vae_hparams(self.hparams)
+        self._latents = {}
         self.ae, ae_info = fitted_autoencoder(train, val, ctx, ae_hp)
         H = int(train.dataset.shape[0])
         self.arch = self.architecture(kind, H, self.ae.downsample, self.ae.z_channels)
@@ -207,7 +224,7 @@ class CKMDiff(Method):
                            "ckmbench run -m ckmdiff")
         arch = state["arch"]
         self.arch = arch
-        self.net = self.build(arch)
+        self.net = self.build(arch, init_weights=False)
         self.net.load_state_dict(state["net"])
         self.ae = KLAutoencoder(arch["vae"])
         self.ae.load_state_dict(state["vae"])
