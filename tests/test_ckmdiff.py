@@ -119,6 +119,18 @@ def test_loss_falls_on_a_fixed_batch(reg, data):
     assert losses[-1] < 0.5 * losses[0]
 
 
+def test_cached_latents_equal_encoding_the_batch(reg, data):
+    method = CKMDiff("tiny", dict(CKMDIFF_TINY))
+    method.ae = build_autoencoder(vae_hparams(CKMDIFF_TINY), 0).eval()
+    method.arch = {"latent_scale": 0.7}
+    obs, target, _ = TaskData(data.split("train"), task_of(reg, "denoise"), 0).batch_at(range(6))
+    direct = method.latent(target)
+    cached = method.latent(target, obs.keys)
+    assert len(method._latents) == 6 and torch.allclose(cached, direct, atol=1e-5)
+    method.ae = None  # a second call must come from the cache alone
+    assert torch.equal(method.latent(target, obs.keys), cached)
+
+
 def test_feature_emphasis_marks_buildings_and_their_edges(reg, data):
     task = task_of(reg, "denoise")
     obs, target, _ = TaskData(data.split("test"), task, 0).batch_at(range(2))
