@@ -481,6 +481,11 @@ def _notes(board: Board, extra: list[str]) -> list[str]:
         lines.append("- methods without \"fitted on\" are not trained on any data")
     if board.cost_columns:
         lines.append(f"- {NOT_APPLICABLE} in a cost column: the figure does not apply (no training: no train_s)")
+    conventions = sorted({(key[: -len("_convention")], str(text))
+                          for row in _all_protocol_rows(board) for r in row.records
+                          for key, text in (r.get("metric_notes") or {}).items() if key.endswith("_convention")})
+    for name, text in conventions:
+        lines.append(f"- `{name}` of the paper-protocol rows is scored the paper's way: {_one_line(text)}")
     reasons = sorted({(name, why) for row in board.rows for name, why in row.unavailable.items() if why})
     for name, why in reasons:
         who = ", ".join(row.full_label for row in board.rows if row.unavailable.get(name) == why)
@@ -492,6 +497,12 @@ def _notes(board: Board, extra: list[str]) -> list[str]:
                      f"({_short(r['record_id'], 8)}, {r['date']}): {_one_line(r.get('message')) or 'no message'}")
     lines += extra
     return (["## Notes", ""] + lines) if lines else []
+
+
+def _all_protocol_rows(board: Board) -> list[Row]:
+    """This table's own rows and the paper-protocol rows shown in it (each once)."""
+    rows = list(board.rows)
+    return rows + [row for *_, row in board.protocol_rows if all(row is not r for r in rows)]
 
 
 def _board_markdown(board: Board, figure: str | None, examples: str | None, reported_name: str,

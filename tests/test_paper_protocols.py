@@ -168,7 +168,7 @@ def test_reproduced_rows_sit_below_the_papers_rows(tmp_path):
         "EnvCDiff (Jin et al.),radiomapseer-dpm,sr4-envcf,nearest,psnr,26.25,rms 256,sr4-envcf,\n"
         "Other (Roe et al.),radiomapseer-dpm,sr4-envcf,bilinear,psnr,20.00,rms 256,sr4-envcf,\n")
     records = [make_record("bilinear", dataset="radiomapseer-samples", task="sr4-envcf@envcdiff", n_test=25,
-                           metrics={"psnr": 26.0181, "ssim": 0.8192}),
+                           metrics={"psnr": 26.0181, "ssim": 0.8192}, notes={"ssim_convention": "7x7 window"}),
                make_record("idw", dataset="radiomapseer-samples", task="sr4-envcf@envcdiff", n_test=25,
                            metrics={"psnr": 25.5}),
                make_record("bilinear", dataset="city", task="sr4", metrics={"psnr": 30.0})]
@@ -182,10 +182,13 @@ def test_reproduced_rows_sit_below_the_papers_rows(tmp_path):
     assert names[1:] == ["EnvCDiff (Jin et al.)/bilinear", f"{mark}/bilinear", "EnvCDiff (Jin et al.)/nearest",
                          f"{mark}/idw", "Other (Roe et al.)/bilinear"]
     assert "26.02" in lines[2] and "27.24" in lines[1]
+    note = "- `ssim` of the paper-protocol rows is scored the paper's way: 7x7 window"
+    assert note in home
     own = (out / "radiomapseer-samples" / "sr4-envcf@envcdiff.md").read_text("utf-8")
     assert "27.24" in own and "Other (Roe et al.)" not in own and PROTOCOL_HEADING in own
     plain = (out / "city" / "sr4.md").read_text("utf-8")
-    assert PROTOCOL_HEADING not in plain and REPRODUCED_MARK not in plain
+    assert PROTOCOL_HEADING not in plain and REPRODUCED_MARK not in plain and "paper's way" not in plain
+    assert note in own
 
 
 def test_a_protocol_run_end_to_end(tmp_path):
