@@ -35,12 +35,17 @@ def down(x: np.ndarray, how: str) -> np.ndarray:
         return np.asarray(Image.fromarray(x.astype(np.float32), mode="F").resize((64, 64), Image.BICUBIC))
     if how == "skimage-aa":
         return resize(x, (64, 64), order=3, anti_aliasing=True)
+    if how == "power-mean":  # block means of the linear power, back to u
+        lin = 10.0 ** ((-147.0 + 100.0 * x.astype(np.float64)) / 10.0)
+        return np.clip((10 * np.log10(op.lowres(lin, 4, "avg").astype(np.float64)) + 147.0) / 100.0, 0, 1)
     raise ValueError(how)
 
 
 def up(y: np.ndarray, mode: str) -> np.ndarray:
     t = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))[None, None]
-    kw = {} if mode == "nearest" else {"align_corners": False}
+    corners = mode.endswith("-corners")  # "bilinear-corners": align_corners=True
+    mode = mode.removesuffix("-corners")
+    kw = {} if mode == "nearest" else {"align_corners": corners}
     return F.interpolate(t, size=(256, 256), mode=mode, **kw)[0, 0].numpy()
 
 
@@ -82,8 +87,8 @@ def main() -> None:
     print(f"{len(ds)} maps; mean(u^2) = {(u ** 2).mean():.3f}")
 
     print("\n# EnvCDiff: LR operator x upsampler, interpolating and scoring G = u")
-    for how in ("subsample", "block-mean", "pil-bicubic", "skimage-aa"):
-        for mode in ("bilinear", "nearest"):
+    for how in ("subsample", "block-mean", "pil-bicubic", "skimage-aa", "power-mean"):
+        for mode in ("bilinear", "nearest", "bilinear-corners"):
             print(f"{how:12s} {mode:8s}", scores(np.stack([up(down(x, how), mode) for x in u]), u))
     print("\n# EnvCDiff: what is interpolated / scored (block means, bilinear)")
     f_up = np.stack([up(down(x, "block-mean"), "bilinear") for x in env])
