@@ -14,7 +14,7 @@ from ckmbench.training import Trainer
 from ckmbench_plugins.latent import CKMDIFF_PAPER, CKMDIFF_TINY
 from ckmbench_plugins.latent.ckmdiff import CKMDiff
 from ckmbench_plugins.latent.emphasis import feature_emphasis
-from test_pixel_diffusion import crash_then_resume, one_thread, reg  # noqa: F401 (fixtures: one thread, registry)
+from train_helpers import crash_then_resume, one_thread, reg  # noqa: F401 (fixtures: one thread, registry)
 
 DATASET = "city-tiny"
 

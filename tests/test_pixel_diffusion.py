@@ -18,21 +18,9 @@ from ckmbench_plugins.baselines.grid import upsample_grid
 from ckmbench_plugins.diffusion import CGDM_PAPER, CGDM_SMALL, CDIFF_PAPER, LICGDM_TINY
 from ckmbench_plugins.diffusion.licgdm import knapsack_min_value
 from ckmbench_plugins.diffusion.srdiff import upsample_on_device
+from train_helpers import crash_then_resume, one_thread, reg  # noqa: F401 (fixtures: one thread, registry)
 
 DATASET = "city-tiny"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def reg():
-    return registry()
 
 
 @pytest.fixture(scope="module")
@@ -53,27 +41,6 @@ def fit_tiny(reg, data, name, task_name, tmp_path, **over):
     val = TaskData(data.split("val"), task, 0)
     method.fit(train, val, task, ctx)
     return method, task, ctx
-
-
-def crash_then_resume(monkeypatch, fit, root, crash_at: int, trainer_name: str | None = None):
-    """``fit(root)`` crashing at the ``crash_at``-th training step (of ``trainer_name`` only, when
-    given), then ``fit(root)`` again: the second call must resume from the saved state."""
-    from ckmbench.training import Trainer
-
-    original, calls = Trainer._one_step, {"n": 0}
-
-    def crashing(self, net, train_, step):
-        if trainer_name is None or self.name == trainer_name:
-            calls["n"] += 1
-            if calls["n"] == crash_at:
-                raise RuntimeError("simulated crash")
-        return original(self, net, train_, step)
-
-    monkeypatch.setattr(Trainer, "_one_step", crashing)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        fit(root)
-    monkeypatch.setattr(Trainer, "_one_step", original)
-    return fit(root)
 
 
 @pytest.mark.parametrize("name,task_name", [("cgdm", "sr4"), ("cdiff", "sr4-envcf"), ("cgdm", "sr4-noisy")])

@@ -16,7 +16,7 @@ from ckmbench_plugins.radiomap import gan_losses as L
 from ckmbench_plugins.radiomap.radiounet import RadioUNet, from_training_scale, phase_config, to_training_scale
 from ckmbench_plugins.radiomap.ssm import Mamba, selective_scan, selective_scan_loop
 from ckmbench_plugins.radiomap.wnet import RadioWNet
-from test_pixel_diffusion import crash_then_resume, one_thread, reg  # noqa: F401 - shared fixtures
+from train_helpers import crash_then_resume, one_thread, reg  # noqa: F401 (fixtures: one thread, registry)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from ckmbench_plugins.srbaselines.common import upsampled
 from ckmbench_plugins.srbaselines.drrn import DRRN
 from ckmbench_plugins.srbaselines.srresnet import SRResNet
 
-from test_pixel_diffusion import crash_then_resume, one_thread, reg  # noqa: F401 (fixtures: one thread, registry)
+from train_helpers import crash_then_resume, one_thread, reg  # noqa: F401 (fixtures: one thread, registry)
 
 DATASET, CARS = "city-tiny", "city-tiny-cars"
 

@@ -11,12 +11,50 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
 from ckmbench.method import RunContext
+from ckmbench.plugins import registry
 from ckmbench.tasks.base import Observation
 from ckmbench.training import Trainer, TrainConfig
+
+
+# ------------------------------------------------ shared by the learned-method test files
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Learned-method tests run torch on one thread: deterministic and fair to parallel jobs."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def reg():
+    return registry()
+
+
+def crash_then_resume(monkeypatch, fit, root, crash_at: int, trainer_name: str | None = None):
+    """``fit(root)`` crashing at the ``crash_at``-th training step (of ``trainer_name`` only, when
+    given), then ``fit(root)`` again: the second call must resume from the saved state."""
+    from ckmbench.training import Trainer
+
+    original, calls = Trainer._one_step, {"n": 0}
+
+    def crashing(self, net, train_, step):
+        if trainer_name is None or self.name == trainer_name:
+            calls["n"] += 1
+            if calls["n"] == crash_at:
+                raise RuntimeError("simulated crash")
+        return original(self, net, train_, step)
+
+    monkeypatch.setattr(Trainer, "_one_step", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(root)
+    monkeypatch.setattr(Trainer, "_one_step", original)
+    return fit(root)
 
 
 class ToyData:
