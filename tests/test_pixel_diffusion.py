@@ -18,7 +18,7 @@ from ckmbench_plugins.baselines.grid import upsample_grid
 from ckmbench_plugins.diffusion import CGDM_PAPER, CGDM_SMALL, CDIFF_PAPER, LICGDM_TINY
 from ckmbench_plugins.diffusion.licgdm import knapsack_min_value
 from ckmbench_plugins.diffusion.srdiff import upsample_on_device
-from train_helpers import crash_then_resume, one_thread, reg  # noqa: F401 (fixtures: one thread, registry)
+from train_helpers import cache_fitter, crash_then_resume, fixed_batch_losses, one_thread, reg  # noqa: F401 (fixtures: one thread, registry)
 
 DATASET = "city-tiny"
 
@@ -62,19 +62,14 @@ def test_fit_then_predict_shapes_range_and_seeded_determinism(reg, data, tmp_pat
 def test_loss_falls_on_a_fixed_batch(reg, data):
     method, task = method_and_task(reg, "cgdm", "sr4")
     batch = TaskData(data.split("train"), task, 0).batch_at(range(8))
-    opt = torch.optim.Adam(method.net.parameters(), lr=2e-3)
 
     def fixed_loss():
         g = torch.Generator().manual_seed(0)
         return method.loss(method.net, batch, g)
 
     method.net.eval()  # no dropout: the loss of the fixed (t, noise) draw is comparable
-    start = float(fixed_loss().detach())
-    for _ in range(40):
-        opt.zero_grad()
-        fixed_loss().backward()
-        opt.step()
-    assert float(fixed_loss().detach()) < 0.5 * start
+    start, end = fixed_batch_losses(fixed_loss, method.net.parameters(), lr=2e-3)
+    assert end < 0.5 * start
 
 
 def test_upsampling_on_the_device_matches_the_bicubic_baseline():
@@ -288,19 +283,8 @@ def test_the_shipped_fits_belong_to_the_current_small_profiles_and_load(reg):
 
 @pytest.mark.parametrize("name,task_name", [("cgdm", "sr4"), ("cdiff", "sr4-envcf")])
 def test_a_crashed_fit_resumes_to_the_same_weights(tmp_path, reg, data, monkeypatch, name, task_name):
-    from ckmbench.fitting import fit_method
-
     spec, ts = reg.method(name), reg.task(task_name)
-    task = ts.make(**ts.params)
-    train, val = TaskData(data.split("train"), task, 0), TaskData(data.split("val"), task, 0)
-
-    def fit(root):
-        monkeypatch.setenv("CKMBENCH_FITS", str(root))
-        method = spec.factory("tiny", dict(spec.profiles["tiny"]))
-        method.info = fit_method(method, spec, version="t", train_task=task, train_name=DATASET, train_hash="h",
-                                 profile="tiny", hparams=dict(spec.profiles["tiny"]), seed=0, train=train, val=val,
-                                 ctx=RunContext(seed=0, profile="tiny", progress=False), registry=reg)
-        return method
+    fit = cache_fitter(monkeypatch, reg, spec, spec.profiles["tiny"], ts.make(**ts.params), data, DATASET)
 
     whole = fit(tmp_path / "a")
     # the 7th step crashes: after the checkpoint at step 4, before the one at 8

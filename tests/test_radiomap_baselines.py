@@ -9,14 +9,13 @@ import torch
 
 from ckmbench.data.registry import load_dataset
 from ckmbench.errors import CkmError
-from ckmbench.fitting import fit_method
 from ckmbench.method import RunContext, TaskData
 from ckmbench_plugins.radiomap import RADIOUNET_PAPER
 from ckmbench_plugins.radiomap import gan_losses as L
 from ckmbench_plugins.radiomap.radiounet import RadioUNet, from_training_scale, phase_config, to_training_scale
 from ckmbench_plugins.radiomap.ssm import Mamba, selective_scan, selective_scan_loop
 from ckmbench_plugins.radiomap.wnet import RadioWNet
-from train_helpers import crash_then_resume, one_thread, reg  # noqa: F401 (fixtures: one thread, registry)
+from train_helpers import cache_fitter, crash_then_resume, fixed_batch_losses, one_thread, reg  # noqa: F401 (fixtures: one thread, registry)
 
 
 @pytest.fixture(scope="module")
@@ -75,15 +74,7 @@ def test_fit_predict_shapes_inputs_and_seeded_determinism(reg, datasets, tmp_pat
 @pytest.mark.parametrize("name", ["radiounet-c", "rme-gan"])  # uvm-net trains through radiounet-c's code
 def test_a_crash_in_either_phase_resumes_to_the_same_weights(reg, datasets, tmp_path, monkeypatch, name):
     spec, hp, task, data = setup(reg, datasets, name, "envgen-static")
-    train, val = TaskData(data.split("train"), task, 0), TaskData(data.split("val"), task, 0)
-
-    def fit(root):
-        monkeypatch.setenv("CKMBENCH_FITS", str(root))
-        method = spec.factory("tiny", dict(hp))
-        method.info = fit_method(method, spec, version="t", train_task=task, train_name="city-tiny", train_hash="h",
-                                 profile="tiny", hparams=dict(hp), seed=0, train=train, val=val,
-                                 ctx=RunContext(seed=0, profile="tiny", progress=False), registry=reg)
-        return method
+    fit = cache_fitter(monkeypatch, reg, spec, hp, task, data, "city-tiny")
 
     whole = fit(tmp_path / "whole")
     assert whole.info["resumed_from"] is None
@@ -113,13 +104,8 @@ def test_loss_falls_on_a_fixed_batch(reg, datasets, name):
     method = spec.factory("tiny", hp)
     batch = TaskData(data.split("train"), task, 0).batch_at(range(8))
     loss = method.phase_loss("u1")
-    opt = torch.optim.Adam(method.net.u1.parameters(), lr=3e-3)
-    start = float(loss(method.net.u1, batch, None).detach())
-    for _ in range(40):
-        opt.zero_grad()
-        loss(method.net.u1, batch, None).backward()
-        opt.step()
-    assert float(loss(method.net.u1, batch, None).detach()) < 0.5 * start
+    start, end = fixed_batch_losses(lambda: loss(method.net.u1, batch, None), method.net.u1.parameters(), lr=3e-3)
+    assert end < 0.5 * start
 
 
 def test_thresh_maps_targets_and_predictions_back():

@@ -9,7 +9,6 @@ import torch
 
 from ckmbench.data.registry import load_dataset
 from ckmbench.errors import CkmError
-from ckmbench.fitting import fit_method
 from ckmbench.method import RunContext, TaskData
 from ckmbench.metrics.cost import count_parameters
 from ckmbench.runner import RunConfig, run
@@ -19,7 +18,7 @@ from ckmbench_plugins.srbaselines.common import upsampled
 from ckmbench_plugins.srbaselines.drrn import DRRN
 from ckmbench_plugins.srbaselines.srresnet import SRResNet
 
-from train_helpers import crash_then_resume, one_thread, reg  # noqa: F401 (fixtures: one thread, registry)
+from train_helpers import cache_fitter, crash_then_resume, fixed_batch_losses, one_thread, reg  # noqa: F401 (fixtures: one thread, registry)
 
 DATASET, CARS = "city-tiny", "city-tiny-cars"
 
@@ -122,18 +121,7 @@ def test_srgan_mse_starts_from_the_srresnet_fit(tmp_path, reg):
                                             ("cvae", "sr4"), ("cgan", "inpaint")])
 def test_a_crashed_fit_resumes_to_the_same_weights(tmp_path, reg, datasets, monkeypatch, name, task_name):
     spec, ts = reg.method(name), reg.task(task_name)
-    task = ts.make(**ts.params)
-    data = datasets[DATASET]
-    train, val = TaskData(data.split("train"), task, 0), TaskData(data.split("val"), task, 0)
-
-    def fit(root):
-        monkeypatch.setenv("CKMBENCH_FITS", str(root))
-        method = spec.factory("tiny", dict(spec.profiles["tiny"]))
-        method.info = fit_method(method, spec, version="t", train_task=task, train_name=DATASET, train_hash="h",
-                                 profile="tiny", hparams=dict(spec.profiles["tiny"]), seed=0, train=train, val=val,
-                                 ctx=RunContext(seed=0, profile="tiny", progress=False), registry=reg)
-        return method
-
+    fit = cache_fitter(monkeypatch, reg, spec, spec.profiles["tiny"], ts.make(**ts.params), datasets[DATASET], DATASET)
     whole = fit(tmp_path / "a")
     resumed = crash_then_resume(monkeypatch, fit, tmp_path / "b", crash_at=7)  # checkpoints at 4 and 8
     assert whole.info["resumed_from"] is None and resumed.info["resumed_from"] == 4
@@ -149,18 +137,13 @@ def test_loss_falls_on_a_fixed_batch(reg, datasets, name):
     method.net = method.build_net()
     batch = TaskData(datasets[DATASET].split("train"), task, 0).batch_at(range(8))
     loss_fn = method.step(None)
-    opt = torch.optim.Adam(method.net.parameters(), lr=2e-3)
 
     def fixed_loss():
         return loss_fn(method.net, batch, torch.Generator().manual_seed(0))
 
     method.net.train()  # BN on the batch's statistics (no dropout in these networks): comparable losses
-    start = float(fixed_loss().detach())
-    for _ in range(40):
-        opt.zero_grad()
-        fixed_loss().backward()
-        opt.step()
-    assert float(fixed_loss().detach()) < 0.5 * start
+    start, end = fixed_batch_losses(fixed_loss, method.net.parameters(), lr=2e-3)
+    assert end < 0.5 * start
 
 
 @pytest.mark.parametrize("name,task_name", [("srgan-mse", "sr4"), ("cgan", "inpaint")])

@@ -57,6 +57,37 @@ def crash_then_resume(monkeypatch, fit, root, crash_at: int, trainer_name: str |
     return fit(root)
 
 
+def cache_fitter(monkeypatch, reg, spec, hparams: dict, task, data, train_name: str):
+    """``fit(root)``: the method fitted through the fit cache rooted at ``root`` (tiny profile,
+    seed 0), as ``ckmbench run`` fits it; the fit's record is on ``method.info``."""
+    from ckmbench.fitting import fit_method
+    from ckmbench.method import TaskData
+
+    train, val = TaskData(data.split("train"), task, 0), TaskData(data.split("val"), task, 0)
+
+    def fit(root):
+        monkeypatch.setenv("CKMBENCH_FITS", str(root))
+        method = spec.factory("tiny", dict(hparams))
+        method.info = fit_method(method, spec, version="t", train_task=task, train_name=train_name, train_hash="h",
+                                 profile="tiny", hparams=dict(hparams), seed=0, train=train, val=val,
+                                 ctx=RunContext(seed=0, profile="tiny", progress=False), registry=reg)
+        return method
+
+    return fit
+
+
+def fixed_batch_losses(fixed_loss, params, lr: float, steps: int = 40) -> tuple[float, float]:
+    """(first, last) value of ``fixed_loss()`` over ``steps`` Adam steps on one fixed batch: a
+    model that can learn at all brings it well down."""
+    opt = torch.optim.Adam(params, lr=lr)
+    start = float(fixed_loss().detach())
+    for _ in range(steps):
+        opt.zero_grad()
+        fixed_loss().backward()
+        opt.step()
+    return start, float(fixed_loss().detach())
+
+
 class ToyData:
     """16 maps of a smooth field; ``batch_at`` draws observation noise from (index, draw)."""
 
