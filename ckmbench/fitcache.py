@@ -13,6 +13,7 @@ Layout: ``$CKMBENCH_FITS`` (default: the user cache folder ``ckmbench/fits``) /
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import CkmError
 from .results import atomic_write_text
 
 FIT_FILE = "fit.pt"
@@ -42,9 +44,39 @@ def fit_key(method: str, method_version: str, train_task: str, train_dataset_has
 
 
 def fit_hparams(method, hparams: dict) -> dict:
-    """The hyper-parameters that change training: all but the method's ``predict_hparams``."""
+    """The hyper-parameters that change training: all but the method's ``predict_hparams``.
+
+    Keys named in the method's ``weight_files`` ({hparam: environment variable or None}) name a
+    local weights file (ImageNet VGG19, Swin...): the key holds the file's content digest, not its
+    path, so moving the file reuses the fit and another file (or one given only through the
+    environment variable) never does."""
     skip = set(getattr(method, "predict_hparams", ()))
-    return {k: v for k, v in sorted(hparams.items()) if k not in skip}
+    out = {k: v for k, v in sorted(hparams.items()) if k not in skip}
+    for key, env_var in (getattr(method, "weight_files", None) or {}).items():
+        given = hparams.get(key) or (os.environ.get(env_var) if env_var else None)
+        if given:
+            out[key] = {"sha256": file_digest(Path(given).expanduser(), what=key)}
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_digest(path: Path, what: str = "file") -> str:
+    """sha256 of a weights file (memoised per path, size and modification time)."""
+    try:
+        st = path.stat()
+    except OSError:
+        raise CkmError(f"{what}: {path} is not a readable file: give the path of the local weights file") from None
+    if not path.is_file():
+        raise CkmError(f"{what}: {path} is not a file: give the path of the local weights file")
+    return _digest(str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
 @dataclass

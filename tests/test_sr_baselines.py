@@ -216,3 +216,26 @@ def test_paper_profiles_match_the_papers_parameter_counts():
     unet = count(lambda: UnetGenerator(3, 3, CGAN_PAPER["num_downs"], CGAN_PAPER["ngf"]))
     patch = count(lambda: PatchGAN(6, CGAN_PAPER["ndf"], CGAN_PAPER["n_layers"]))
     assert abs(unet - 54.41e6) / 54.41e6 < 0.01 and abs(patch - 2.77e6) / 2.77e6 < 0.01  # pix2pix's unet_256, 70x70
+
+
+def test_the_fit_key_holds_the_vgg_file_content_not_its_path(reg, tmp_path, monkeypatch):
+    """Moving the VGG19 file reuses the fit; another file, or one given only by $CKMBENCH_VGG19, does not."""
+    from ckmbench.fitcache import fit_hparams
+
+    monkeypatch.delenv("CKMBENCH_VGG19", raising=False)
+    spec = reg.method("srgan")
+    hp = spec.profiles["tiny"]
+    method = spec.factory("tiny", hp)
+    first, moved, other = tmp_path / "a.pth", tmp_path / "b.pth", tmp_path / "c.pth"
+    first.write_bytes(b"weights one")
+    moved.write_bytes(b"weights one")
+    other.write_bytes(b"weights two")
+    key = fit_hparams(method, {**hp, "vgg_weights": str(first)})
+    assert key == fit_hparams(method, {**hp, "vgg_weights": str(moved)})
+    assert key != fit_hparams(method, {**hp, "vgg_weights": str(other)})
+    assert fit_hparams(method, hp)["vgg_weights"] is None
+    monkeypatch.setenv("CKMBENCH_VGG19", str(other))
+    assert fit_hparams(method, hp) == fit_hparams(method, {**hp, "vgg_weights": str(other)})
+    with pytest.raises(CkmError, match="vgg_weights: .*missing.pth is not a readable file") as exc:
+        fit_hparams(method, {**hp, "vgg_weights": str(tmp_path / "missing.pth")})
+    assert "\n" not in str(exc.value)

@@ -63,6 +63,7 @@ class CKMDiffNet(nn.Module):
 class CKMDiff(Method):
     name = "ckmdiff"
     predict_hparams = PREDICT_HPARAMS
+    weight_files = {"swin_weights": None}  # the fit key holds the ImageNet Swin file's digest
 
     def __init__(self, profile: str = "small", hparams: dict | None = None):
         super().__init__(profile, hparams)

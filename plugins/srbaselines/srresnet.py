@@ -216,6 +216,7 @@ class SRGANMethod(SRResNetMethod):
 
     name = "srgan"
     content = "vgg54"
+    weight_files = {"vgg_weights": VGG_ENV}  # the fit key holds the VGG19 file's digest
 
     def prepare(self, ctx) -> None:
         self.vgg = VGG54(vgg_weights_path(self.name, self.hparams)).to(ctx.device) if self.content == "vgg54" else None
