@@ -91,6 +91,11 @@ class Method:
 
         return attribute_parameters(self)
 
+    def inference_parameters(self) -> int | None:
+        """Parameters used at inference when they differ from the trainable ones (a frozen VAE
+        decoder, an encoder; S3 counts these), else None: recorded as ``cost.params_inference``."""
+        return None
+
     def sampling_steps(self) -> int | None:
         """Number of network evaluations per prediction for iterative samplers (None otherwise)."""
         return None

@@ -25,7 +25,7 @@ Record schema (all keys always present; values may be null):
                                               psnr, ssim, "mse@outdoor", "ssim@hole", fid
     metric_notes         {name: str|int}      e.g. fid_n, fid_weights, fid_weights_sha256,
                                               "fid": "unavailable: <reason>"
-    cost                 {params, train_s, infer_s_per_map, sampling_steps, peak_mem_mb}
+    cost                 {params, train_s, infer_s_per_map, sampling_steps, peak_mem_mb[, params_inference]}
     hparams              {...}  the profile's hyper-parameters actually used
     config_hash          str   sha256 of the run config (method, task, datasets+hashes,
                                profile, hparams, seed, protocol_version)
@@ -178,13 +178,18 @@ def append_record(record: dict, path: str | os.PathLike | None = None) -> Path:
     if missing:
         raise ValueError(f"result record lacks keys {missing}")
     target = store_path(path)
-    line = json.dumps(finite_record(record), sort_keys=True, allow_nan=False, default=_json_default) + "\n"
+    line = record_line(record)
     with _lock(target):
         old = target.read_bytes() if target.exists() else b""
         if old and not old.endswith(b"\n"):
             old += b"\n"
         atomic_write_bytes(target, old + line.encode("utf-8"))
     return target
+
+
+def record_line(record: dict) -> str:
+    """One record as its store line (non-finite numbers as null, keys sorted)."""
+    return json.dumps(finite_record(record), sort_keys=True, allow_nan=False, default=_json_default) + "\n"
 
 
 def _json_default(value):

@@ -376,6 +376,9 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
             "sampling_steps": method.sampling_steps(),
             "peak_mem_mb": peak.peak_mb,
         })
+        inference_params = method.inference_parameters()
+        if inference_params is not None:  # frozen modules used to predict (S3's count), e.g. a VAE decoder
+            record["cost"]["params_inference"] = int(inference_params)
         record["examples"] = _save_examples(store_file, record_id, prep.test, pred, target, observations, cfg.examples)
         _write_run_outputs(run_dir, result, prep.test, record, store_file)
     except RunTimeout as exc:

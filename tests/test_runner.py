@@ -72,6 +72,9 @@ class MeanLearner(Method):
     def load_state_dict(self, state):
         self.mean = state["mean"]
 
+    def inference_parameters(self):
+        return self.mean.numel()  # stands for a frozen module used only to predict
+
 
 def toy_registry():
     mod = types.ModuleType("toy_methods")
@@ -260,3 +263,11 @@ def test_identity_is_the_observation_as_given():
             assert (pred[obs.mask < 0.5] == 0).all()
         else:
             assert torch.equal(pred, obs.y.clamp(0, 1))
+
+
+def test_inference_parameters_are_recorded_only_where_a_method_reports_them(tmp_path):
+    reg = toy_registry()
+    learned = run(cfg(tmp_path, method="meanlearner"), reg)
+    assert learned["status"] == "done", learned["message"]
+    assert learned["cost"]["params_inference"] == 32 * 32
+    assert "params_inference" not in run(cfg(tmp_path))["cost"]
