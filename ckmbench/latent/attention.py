@@ -78,8 +78,8 @@ class CrossAttention(nn.Module):
             raise CkmError(f"cross-attention: queries must be 'x' or 'context', got {queries!r}")
         if int(window) < 1:
             raise CkmError(f"cross-attention: window must be >= 1, got {window!r}")
-        self.dim, self.context_dim, self.heads, self.window, self.queries = dim, context_dim, heads, int(window), queries
-        self.scale = scale
+        self.dim, self.context_dim, self.heads, self.window = dim, context_dim, heads, int(window)
+        self.queries, self.scale = queries, scale
         g = _groups(dim, norm_groups)
         self.in_x = nn.Sequential(nn.Conv2d(dim, dim, 1), nn.GroupNorm(g, dim))
         self.in_context = nn.Sequential(nn.Conv2d(context_dim, dim, 1), nn.GroupNorm(g, dim))

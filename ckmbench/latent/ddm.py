@@ -14,7 +14,9 @@ and it differs from the Gaussian DDPM of :mod:`ckmbench.diffusion` in every form
   The variance is the posterior ``q(z_{t-dt} | z_t, z0)`` of the Brownian bridge; S1 eq. 20
   prints ``dt (1 - dt) / t``, which is not (reference/methods.md, "Known errors"). The last
   step (``t = dt``) has variance 0 and returns ``z_t - c_hat t - sqrt(t) eps_hat``: with the
-  true ``c`` and ``eps`` that is ``z0`` exactly.
+  true ``c`` and ``eps`` that is ``z0`` exactly;
+* :meth:`DecoupledDiffusion.sample_corrected`: RadioDiff's code sampler (c re-derived from
+  the clipped x0 estimate at every step, the last step split at t_min).
 """
 
 from __future__ import annotations
@@ -100,4 +102,34 @@ class DecoupledDiffusion:
                 mean = mean + math.sqrt(var) * torch.randn(z.shape, generator=generator, device=z.device,
                                                            dtype=z.dtype)
             z = mean
+        return z
+
+    def sample_corrected(self, model_fn: ModelFn, shape, steps: int, generator: torch.Generator | None = None,
+                         device=None, z1: torch.Tensor | None = None, split_last: bool = True,
+                         clip: float | None = None) -> torch.Tensor:
+        """RadioDiff's code sampler: Alg. 2's steps with c replaced, at each step, by -x0_hat,
+        x0_hat = z_t - c_hat t - sqrt(t) eps_hat (clipped to [-clip, clip] when ``clip`` is set).
+        ``split_last`` splits the last of the ``steps`` equal steps into (1/S - t_min, t_min):
+        S + 1 network calls, the final one at t = t_min (the code's ``denoise`` option)."""
+        if not isinstance(steps, int) or steps < 1:
+            raise CkmError(f"decoupled diffusion: sample_steps must be an integer >= 1, got {steps!r}")
+        sizes = [1.0 / steps] * steps
+        if split_last:
+            sizes[-1:] = [1.0 / steps - self.t_min, self.t_min]
+        z = z1 if z1 is not None else torch.randn(tuple(shape), generator=generator, device=device)
+        t = 1.0
+        for k, size in enumerate(sizes):
+            step = t if k == len(sizes) - 1 else size  # the last step lands on 0 exactly
+            tt = torch.full((z.shape[0],), t, device=z.device, dtype=torch.float32)
+            c_hat, eps_hat = model_fn(z, tt)
+            eps_hat = eps_hat.to(z.dtype)
+            x0 = z - c_hat.to(z.dtype) * t - math.sqrt(t) * eps_hat
+            if clip is not None:
+                x0 = x0.clamp(-float(clip), float(clip))
+            mean = z + x0 * step - (step / math.sqrt(t)) * eps_hat
+            var = step * (t - step) / t
+            if var > 0:
+                mean = mean + math.sqrt(var) * torch.randn(z.shape, generator=generator, device=z.device,
+                                                           dtype=z.dtype)
+            z, t = mean, t - step
         return z

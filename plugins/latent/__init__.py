@@ -12,6 +12,7 @@ from ckmbench.specs import MethodSpec
 from ckmbench.tasks.builtin import SR_FACTORS
 
 from .ckmdiff import CKMDiff
+from .radiodiff import RADIODIFF_PAPER, RADIODIFF_SMALL, RADIODIFF_TINY, TASKS as RADIODIFF_TASKS, RadioDiff
 
 NOISY_SR_TASKS = tuple(f"sr{f}-noisy" for f in SR_FACTORS)
 CKMDIFF_TASKS = ("inpaint", "denoise", "generate") + NOISY_SR_TASKS
@@ -59,6 +60,10 @@ def latent_specs() -> list[MethodSpec]:
                    profiles={"tiny": CKMDIFF_TINY, "small": CKMDIFF_SMALL, "paper": CKMDIFF_PAPER},
                    description="CKMDiff (Fu et al.): conditional decoupled diffusion in a KL-autoencoder latent, "
                                "feature-emphasis condition through Swin-B"),
+        MethodSpec(name="radiodiff", factory=RadioDiff, tasks=RADIODIFF_TASKS, kind="diffusion",
+                   profiles={"tiny": RADIODIFF_TINY, "small": RADIODIFF_SMALL, "paper": RADIODIFF_PAPER},
+                   description="RadioDiff (Wang et al.): decoupled latent diffusion from a buildings/cars/Tx "
+                               "prompt, Swin-B cross-attention, adaptive FFT filter"),
     ]
 
 

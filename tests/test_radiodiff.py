@@ -1,0 +1,226 @@
+"""RadioDiff at the tiny profile (shapes per task, seeded determinism, resume, a falling loss,
+the AFT switch, a run through the CLI), its parts (cross-attention, AFT, preconditioning, the
+code's sampler) and its paper-profile parameter count."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from ckmbench.data.registry import load_dataset
+from ckmbench.errors import CkmError
+from ckmbench.latent import DecoupledDiffusion
+from ckmbench.latent.attention import AdaptiveFourierFilter, CrossAttention, CrossAttnUNet, sine_positions
+from ckmbench.latent.autoencoder import build_autoencoder, vae_hparams
+from ckmbench.method import RunContext, TaskData
+from ckmbench_plugins.latent.radiodiff import RADIODIFF_PAPER, RADIODIFF_TINY, RadioDiff, precondition
+from train_helpers import cache_fitter, crash_then_resume, fixed_batch_losses, one_thread, reg  # noqa: F401
+
+DATASETS = {"envgen-static": "city-tiny", "envgen-dynamic": "city-tiny-cars"}
+
+
+@pytest.fixture(scope="module")
+def datasets():
+    return {name: load_dataset(name, progress=False) for name in set(DATASETS.values())}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_fits(tmp_path_factory):
+    """One fit cache for the module's fits: each dataset's autoencoder is trained once."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CKMBENCH_FITS", str(tmp_path_factory.mktemp("radiodiff-fits")))
+        yield
+
+
+def task_of(reg, name):
+    spec = reg.task(name)
+    return spec.make(**spec.params)
+
+
+def fit_radiodiff(reg, datasets, task_name, fit_dir, seed=0, **over):
+    task, data = task_of(reg, task_name), datasets[DATASETS[task_name]]
+    method = RadioDiff("tiny", {**RADIODIFF_TINY, **over})
+    ctx = RunContext(seed=seed, profile="tiny", progress=False, fit_dir=fit_dir)
+    method.fit(TaskData(data.split("train"), task, seed), TaskData(data.split("val"), task, seed), task, ctx)
+    return method, task, ctx
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def bare_method(hp: dict, size: int = 32) -> RadioDiff:
+    """A tiny RadioDiff with an untrained autoencoder, built without a fit."""
+    method = RadioDiff("tiny", hp)
+    method.ae = build_autoencoder(vae_hparams(hp), 0).eval()
+    method.arch = {**method.architecture("envgen-static", size, method.ae.downsample, 3), "latent_scale": 1.0,
+                   "clip_x0": None}
+    method.net = method.build_seeded(method.arch, 0)
+    return method
+
+
+# ------------------------------------------------------------------ the method
+@pytest.mark.parametrize("task_name", ["envgen-static", "envgen-dynamic"])
+def test_fit_predict_shapes_prompt_and_seeded_determinism(reg, datasets, tmp_path, task_name):
+    method, task, ctx = fit_radiodiff(reg, datasets, task_name, tmp_path / "a")
+    fit = ctx.extras["fit"]
+    assert fit["steps_done"] == RADIODIFF_TINY["steps"] and fit["aft"] is True and fit["loss"] == "l2"
+    assert fit["prompt"] == (["buildings", "tx_map", "buildings"] if task_name == "envgen-static"
+                             else ["buildings", "cars", "tx_map"])
+    assert fit["encoder"] == "conv [8, 16], from scratch" and fit["clip_x0"] > 0
+    obs, target, _ = TaskData(datasets[DATASETS[task_name]].split("test"), task, 0).batch_at(range(3))
+    prompt = method.condition(obs)
+    assert prompt.shape == (3, 3, 32, 32)
+    assert torch.equal(prompt[:, 0], obs.buildings[:, 0]) and torch.equal(prompt[:, 2 if task_name == "envgen-dynamic"
+                                                                                  else 1], obs.tx_map[:, 0])
+    a = method.predict(obs, ctx)
+    assert a.shape == target.shape == (3, 1, 32, 32) and a.dtype == torch.float32
+    assert float(a.min()) >= 0 and float(a.max()) <= 1 and torch.all(a[obs.buildings > 0.5] == 0)
+    assert method.sampling_steps() == RADIODIFF_TINY["sample_steps"] + 1
+    assert torch.equal(a, method.predict(obs, ctx))
+    assert not torch.equal(a, method.predict(obs, RunContext(seed=1, progress=False)))
+    again, _, _ = fit_radiodiff(reg, datasets, task_name, tmp_path / "b")
+    assert same(method.state_dict()["net"], again.state_dict()["net"])
+    fresh = RadioDiff("tiny", dict(RADIODIFF_TINY))  # a stored fit loads and predicts the same
+    fresh.load_state_dict(method.state_dict())
+    assert torch.equal(fresh.predict(obs, ctx), a)
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_fit(reg, datasets, tmp_path, monkeypatch):
+    from ckmbench.plugins import registry
+
+    spec = registry().method("radiodiff")
+    task = task_of(reg, "envgen-static")
+    fit = cache_fitter(monkeypatch, reg, spec, RADIODIFF_TINY, task, datasets["city-tiny"], "city-tiny")
+    whole = fit(tmp_path / "whole")
+    resumed = crash_then_resume(monkeypatch, fit, tmp_path / "crash", crash_at=5, trainer_name="ddm")
+    assert resumed.info["resumed_from"] == 3
+    for part in ("net", "vae"):
+        assert same(whole.state_dict()[part], resumed.state_dict()[part])
+
+
+def test_loss_falls_on_a_fixed_batch(reg, datasets):
+    method = bare_method(dict(RADIODIFF_TINY))
+    batch = TaskData(datasets["city-tiny"].split("train"), task_of(reg, "envgen-static"), 0).batch_at(range(8))
+    start, end = fixed_batch_losses(lambda: method.loss(method.net, batch, torch.Generator().manual_seed(0)),
+                                    method.net.parameters(), lr=3e-3)
+    assert end < 0.5 * start
+
+
+def test_aft_switch_changes_parameters_and_output():
+    on, off = bare_method(dict(RADIODIFF_TINY)), bare_method(dict(RADIODIFF_TINY, aft=False))
+    aft = on.net.unet.aft
+    assert isinstance(aft, AdaptiveFourierFilter) and off.net.unet.aft is None
+    assert on.num_parameters() - off.num_parameters() == sum(p.numel() for p in aft.parameters())
+    z, t, prompt = torch.randn(2, 3, 16, 16), torch.full((2,), 0.5), torch.rand(2, 3, 32, 32)
+    assert not torch.allclose(on.net(z, t, prompt)[0], off.net(z, t, prompt)[0])
+
+
+def test_preconditioning_is_the_code_formula():
+    z, f1, f2 = (torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    t = torch.tensor([0.0, 0.36, 1.0])
+    c, e = precondition(z, t, f1, f2)
+    for i, ti in enumerate(t.tolist()):
+        r = math.sqrt(ti * ti + 1)
+        assert torch.allclose(c[i], (1 - ti) * z[i] + ti / r * f1[i])
+        assert torch.allclose(e[i], math.sqrt(ti) * z[i] + math.sqrt(1 - ti) / r * f2[i])
+
+
+def test_refuses_bad_tasks_losses_and_checkpoints(reg, datasets):
+    with pytest.raises(CkmError, match="radiodiff trains on envgen-static, envgen-dynamic"):
+        RadioDiff("tiny", dict(RADIODIFF_TINY)).fit(None, None, task_of(reg, "inpaint"), RunContext())
+    with pytest.raises(CkmError, match="loss=code"):
+        RadioDiff("tiny", dict(RADIODIFF_TINY, loss="l1"))
+    assert RadioDiff("tiny", dict(RADIODIFF_TINY, loss="code")).ddm.loss_kind == "radiodiff"
+    with pytest.raises(CkmError, match="no weights"):
+        obs, _, _ = TaskData(datasets["city-tiny"].split("test"), task_of(reg, "envgen-static"), 0).batch_at([0])
+        RadioDiff("tiny", dict(RADIODIFF_TINY)).predict(obs, RunContext(progress=False))
+    with pytest.raises(CkmError, match="not a radiodiff checkpoint"):
+        RadioDiff("tiny", dict(RADIODIFF_TINY)).load_state_dict({"arch": {}, "net": {}, "vae": {}})
+
+
+def test_a_tiny_run_through_the_cli(tmp_path, monkeypatch):
+    from ckmbench import cli
+
+    store = tmp_path / "records.jsonl"
+    cli.main(["run", "-m", "radiodiff", "-t", "envgen-static", "-d", "city-tiny", "-p", "tiny", "--no-progress",
+              "--max-test", "2", "--no-fid", "--store", str(store)])
+    record = json.loads(store.read_text().splitlines()[-1])
+    assert record["status"] == "done" and record["method"] == "radiodiff", record.get("message")
+    assert 0 < record["metrics"]["mse"] < 1 and record["cost"]["sampling_steps"] == 3
+    assert record["cost"]["params_inference"] > record["cost"]["params"] > 0  # + the VAE decoder
+
+
+# ------------------------------------------------------------------ the sampler and the parts
+@pytest.mark.parametrize("steps,split", [(1, True), (5, True), (5, False)])
+def test_code_sampler_with_oracle_returns_z0_and_calls_the_net_s_plus_one_times(steps, split):
+    ddm = DecoupledDiffusion(t_min=1e-4)
+    z0 = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    times = []
+
+    def oracle(z, t):
+        times.append(float(t[0]))
+        tb = t.reshape(-1, 1, 1, 1)
+        return -z0 + 0.3, (z - (1 - tb) * z0) / tb.sqrt()  # a wrong c: the sampler re-derives it from x0
+
+    out = ddm.sample_corrected(oracle, z0.shape, steps, generator=torch.Generator().manual_seed(1), split_last=split)
+    assert len(times) == steps + split and times[0] == 1.0
+    if split:
+        assert math.isclose(times[-1], 1e-4, rel_tol=1e-6)
+    # with the true eps the x0 estimate is z0 - 0.3 t, and the last step (to 0 from t) returns
+    # t x0_hat + (1 - t) z0 = z0 - 0.3 t^2: the split last step leaves almost no error
+    assert torch.allclose(out, z0 - 0.3 * times[-1] ** 2, atol=1e-5)
+    clipped = ddm.sample_corrected(oracle, z0.shape, steps, generator=torch.Generator().manual_seed(1),
+                                   split_last=split, clip=0.5)
+    assert not torch.equal(clipped, out)  # the x0 estimates (|z0| up to 3.9) were clipped on the way
+
+
+@pytest.mark.parametrize("queries", ["x", "context"])
+def test_cross_attention_shapes_windows_and_errors(queries):
+    layer = CrossAttention(16, 24, heads=4, window=4, queries=queries)
+    x, ctx = torch.randn(2, 16, 16, 16), torch.randn(2, 24, 8, 8)
+    y = layer(x, ctx)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    assert not torch.allclose(y, layer(x, torch.randn(2, 24, 8, 8)))  # the context matters
+    with pytest.raises(CkmError, match="windows"):
+        layer(torch.randn(1, 16, 10, 10), ctx)
+    with pytest.raises(CkmError, match="heads"):
+        CrossAttention(10, 8, heads=4)
+    assert sine_positions(3, 5, 7).shape == (15, 7)
+
+
+def test_cross_attention_unet_levels_input_and_single_head():
+    ctx = [torch.randn(2, 8, 16, 16), torch.randn(2, 16, 8, 8)]
+    net = CrossAttnUNet(3, context_channels=[8, 16], xattn_levels=[1], xattn_heads=4, input_context=True, aft=True,
+                        base=8, mults=(1, 2), num_res_blocks=1, norm_groups=4, image_size=16)
+    assert [lvl for lvl, _ in net.slots] == [1, 1]  # encoder and decoder of level 1 only
+    c, e = net(torch.randn(2, 3, 16, 16), torch.rand(2), ctx)
+    assert c.shape == e.shape == (2, 3, 16, 16)
+    one = CrossAttnUNet(3, context_channels=[8, 16], out_heads=1, base=8, mults=(1, 2), num_res_blocks=1,
+                        norm_groups=4, image_size=16)
+    assert one(torch.randn(2, 3, 16, 16), torch.rand(2), ctx).shape == (2, 3, 16, 16)
+    with pytest.raises(ValueError, match="context maps"):
+        one(torch.randn(2, 3, 16, 16), torch.rand(2), ctx[:1])
+    aft = AdaptiveFourierFilter(8, 4, 4, norm_groups=4)
+    with pytest.raises(CkmError, match="built for"):
+        aft(torch.randn(1, 8, 8, 8))
+
+
+def test_paper_profile_parameter_count_matches_s3():
+    """S3 Table III counts RadioDiff as 257.8 M: the U-Net with its Swin-B encoder 224.9 M (Swin-B
+    87.8 M with its classifier) + the VAE decoder 33.0 M. Within 15 %, and the AFT is at 8 x 8."""
+    method = RadioDiff("paper", dict(RADIODIFF_PAPER))
+    with torch.device("meta"):
+        method.ae = build_autoencoder(vae_hparams(RADIODIFF_PAPER), 0)
+        method.arch = method.architecture("envgen-static", 256, method.ae.downsample, 3)
+        method.net = method.build(method.arch)
+    assert method.arch["unet"]["xattn_windows"] == [8, 4, 2, 1] and method.net.unet.aft.size == (8, 8)
+    swin = sum(p.numel() for p in method.net.encoder.parameters()) + 1024 * 1000 + 1000
+    unet_and_swin, total = method.num_parameters() + 1024 * 1000 + 1000, method.inference_parameters() + 1025 * 1000
+    assert abs(swin - 87.8e6) / 87.8e6 < 0.02
+    assert abs(unet_and_swin - 224.9e6) / 224.9e6 < 0.15
+    assert abs(total - 257.8e6) / 257.8e6 < 0.15
+    assert method.sampling_steps() == 6
