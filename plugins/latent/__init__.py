@@ -12,6 +12,7 @@ from ckmbench.specs import MethodSpec
 from ckmbench.tasks.builtin import SR_FACTORS
 
 from .ckmdiff import CKMDiff
+from .physdiff import ENVGEN_TASKS, PHYSDIFF_PAPER, PHYSDIFF_SMALL, PHYSDIFF_TINY, PhysDiff
 from .radiodiff import RADIODIFF_PAPER, RADIODIFF_SMALL, RADIODIFF_TINY, TASKS as RADIODIFF_TASKS, RadioDiff
 
 NOISY_SR_TASKS = tuple(f"sr{f}-noisy" for f in SR_FACTORS)
@@ -64,6 +65,10 @@ def latent_specs() -> list[MethodSpec]:
                    profiles={"tiny": RADIODIFF_TINY, "small": RADIODIFF_SMALL, "paper": RADIODIFF_PAPER},
                    description="RadioDiff (Wang et al.): decoupled latent diffusion from a buildings/cars/Tx "
                                "prompt, Swin-B cross-attention, adaptive FFT filter"),
+        MethodSpec(name="physdiff", factory=PhysDiff, tasks=ENVGEN_TASKS, kind="diffusion",
+                   profiles={"tiny": PHYSDIFF_TINY, "small": PHYSDIFF_SMALL, "paper": PHYSDIFF_PAPER},
+                   description="Physics-inspired LDM (Zhu et al.): x0-prediction latent diffusion, Swin-T "
+                               "cross-attention, edge / regional (RegionUNet) / Laplacian-pyramid losses"),
     ]
 
 
