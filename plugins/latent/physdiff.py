@@ -172,12 +172,12 @@ class PhysDiff(CKMDiff):
 
     def loss(self, net, batch, generator) -> torch.Tensor:
         obs, target, _ = batch
-        env = environment(obs)
+        env = self.condition(obs)
         z0 = self.latent(target, obs.keys)
         total = self.diffusion.training_loss(self.ddm.model(lambda z, t: net(z, t, env)), z0, generator=generator)
         if any(self.uses(k) for k in PHYSICS_LOSSES):
-            k = self.hparams.get("physics_batch") or len(target)  # small-profile device: the first k maps
-            env, target = env[:k], target[:k]
+            n = self.hparams.get("physics_batch") or len(target)  # small-profile device: the first n maps
+            env, target = env[:n], target[:n]
             z_hat = self.ddm.sample(lambda z, t: net(z, t, env), (len(target), *z0.shape[1:]),
                                     int(self.hparams["physics_ddim_steps"]), generator=generator, device=z0.device,
                                     grad=True)
