@@ -70,6 +70,8 @@ def test_fit_predict_shapes_and_seeded_determinism(reg, data, cars, tmp_path, ta
     fit = ctx.extras["fit"]
     assert fit["steps_done"] == PHYSDIFF_TINY["steps"]
     assert fit["physics_losses"] == ["edge_loss", "region_loss", "pyramid_loss"]
+    assert set(fit["final_physics_terms"]) == set(fit["physics_losses"])  # unweighted, over the last log window
+    assert all(v >= 0 for v in fit["final_physics_terms"].values())
     assert fit["regionunet"]["steps_done"] == PHYSDIFF_TINY["region_steps"] and 0 <= fit["regionunet"]["val_accuracy"] <= 1
     assert fit["encoder"] == "conv [8, 16], from scratch"
     obs, target, _ = TaskData(data.split("test"), task, 0).batch_at(range(3))

@@ -21,6 +21,8 @@ what differs is the network, the diffusion and the loss.
 
 from __future__ import annotations
 
+from collections import deque
+
 import torch
 
 from ckmbench.diffusion import GaussianDiffusion
@@ -118,6 +120,7 @@ class PhysDiff(CKMDiff):
                                                          prediction="x0")
         self.ddm = LatentDDIM(self.diffusion)  # what CKMDiff's predict samples with
         self.regions = None  # the frozen RegionUNet while training with the regional loss
+        self.recent_terms: deque = deque(maxlen=int(hp.get("log_every", 50)))  # the physics terms of recent steps
 
     def uses(self, loss: str) -> bool:
         return bool(self.hparams.get(loss, True))
@@ -182,6 +185,8 @@ class PhysDiff(CKMDiff):
                                     int(self.hparams["physics_ddim_steps"]), generator=generator, device=z0.device,
                                     grad=True)
             terms = self.physics_terms(self.decode_for_loss(z_hat), target, env)
+            if net.training:
+                self.recent_terms.append({k: float(v.detach()) for k, v in terms.items()})
             total = total + sum(float(self.hparams[k.replace("_loss", "_weight")]) * v for k, v in terms.items())
         return total
 
@@ -190,6 +195,7 @@ class PhysDiff(CKMDiff):
             raise CkmError(f"method physdiff trains on envgen-static and envgen-dynamic; got {task.name}")
         ae_hp = vae_hparams(self.hparams)
         self._latents = {}
+        self.recent_terms.clear()
         self.ae, ae_info = fitted_autoencoder(train, val, ctx, ae_hp)
         region_info = None
         if self.uses("region_loss"):
@@ -201,8 +207,10 @@ class PhysDiff(CKMDiff):
         cfg = TrainConfig.from_hparams({**self.hparams, "steps": epochs_to_steps(self.hparams, len(train))})
         result = Trainer(self.net, cfg, ctx, name="ldm").fit(train, self.loss, self.validation_fn(val, cfg.batch_size))
         self.regions = None
+        on = [k for k in PHYSICS_LOSSES if self.uses(k)]
+        final = {k: sum(t[k] for t in self.recent_terms) / len(self.recent_terms) for k in on} if self.recent_terms else None
         report_fit(ctx, result, autoencoder=ae_info, regionunet=region_info, encoder=self.encoder_variant(),
-                   latent_scale=self.arch["latent_scale"], physics_losses=[k for k in PHYSICS_LOSSES if self.uses(k)])
+                   latent_scale=self.arch["latent_scale"], physics_losses=on, final_physics_terms=final)
 
     # ------------------------------------------------------------ prediction
     def condition(self, obs) -> torch.Tensor:
