@@ -144,12 +144,29 @@ def cli(verbose: bool):
               help="Score under a paper's protocol (envcdiff, ckmdiff): runs the task variant <task>@<protocol> "
                    "(docs/protocol.md §7).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--seeds", default=None, help="Several seeds, e.g. 0,1,2: one run per seed (instead of --seed).")
+@click.option("--launcher", default="inline", show_default=True, type=click.Choice(["inline", "local", "slurm",
+                                                                                   "submitit-local"]),
+              help="inline: one run after another here; local: --jobs parallel processes here; slurm: one job per "
+                   "(method, task, seed) through submitit; submitit-local: the same through submitit's local "
+                   "executor. Launched runs write per-run record files, merged by `ckmbench results collect`.")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1), help="Parallel runs (--launcher local).")
+@click.option("--launcher-config", default=None, type=click.Path(),
+              help="TOML file whose [submitit] table sets the job resources (timeout_min, gpus_per_node, ...).")
+@click.option("--wait/--no-wait", default=None,
+              help="Wait for submitit jobs and collect their records (default: wait for submitit-local only).")
+@click.option("--shard", default=None, help="Score only test-scene shard i/n; `ckmbench results collect` merges "
+                                            "the n shards into one record.")
+@click.option("--loader-workers", default=None, type=click.IntRange(min=0),
+              help="DataLoader worker processes building training batches (default $CKMBENCH_LOADER_WORKERS or 0).")
 def run(method, task, dataset, train_dataset, profile, seed, device, data_root, train_data_root, store, runs_dir,
-        max_test, time_budget, checkpoint, refit, sets, fid, protocol, no_progress):
+        max_test, time_budget, checkpoint, refit, sets, fid, protocol, no_progress, seeds, launcher, jobs,
+        launcher_config, wait, shard, loader_workers):
     """Fit METHOD on TASK, score it, print the metrics and store a record."""
     from .plugins import registry
     from .report import print_record
     from .results import check_store_writable
+    from .pending import pending_dir
     from .runner import RecordNotStored, RunConfig, check_supported, resolve_device, run as run_one
 
     methods = _split_list(method, "--method")
@@ -183,13 +200,21 @@ def run(method, task, dataset, train_dataset, profile, seed, device, data_root, 
     if not pairs:
         raise CkmError(f"none of the methods {', '.join(methods)} supports any of the tasks {', '.join(tasks)}")
     per_method = _method_sets(reg, sorted({m for m, _ in pairs}), profile, overrides)
-    check_store_writable(store)  # before any work: a finished run must never lose its record
+    store_file = check_store_writable(store)  # before any work: a finished run must never lose its record
+    seed_list = _parse_seeds(seeds) if seeds else [seed]
+    shard_t = _parse_shard(shard)
+    cfgs = [RunConfig(method=m, task=t, dataset=dataset, train_dataset=train_dataset, profile=profile, seed=sd,
+                      device=device, data_root=data_root, train_data_root=train_data_root, store=str(store_file),
+                      runs_dir=runs_dir, max_test=max_test, time_budget_s=time_budget, checkpoint=checkpoint,
+                      refit=refit, progress=not no_progress and launcher == "inline", fid=fid, hparams=per_method[m],
+                      shard=shard_t, loader_workers=loader_workers)
+            for m, t in pairs for sd in seed_list]
+    if launcher != "inline":
+        _launch(cfgs, launcher, jobs, launcher_config, wait, store_file)
+        return
     failed = 0
-    for m, t in pairs:
-        cfg = RunConfig(method=m, task=t, dataset=dataset, train_dataset=train_dataset, profile=profile, seed=seed,
-                        device=device, data_root=data_root, train_data_root=train_data_root, store=store,
-                        runs_dir=runs_dir, max_test=max_test, time_budget_s=time_budget, checkpoint=checkpoint,
-                        refit=refit, progress=not no_progress, fid=fid, hparams=per_method[m])
+    for cfg in cfgs:
+        m, t = cfg.method, cfg.task
         try:
             record = run_one(cfg, reg)
         except RecordNotStored as exc:  # the work is done and kept in the run folder; the sweep goes on
@@ -205,10 +230,71 @@ def run(method, task, dataset, train_dataset, profile, seed, device, data_root, 
         if record.get("rank", 0):
             continue  # under torchrun, rank 0 prints, scores and stores
         print_record(record)
+        if cfg.shard:
+            click.echo(f"shard {shard} of this run waits in {pending_dir(store_file)}/: merge all shards with "
+                       f"`ckmbench results collect --store {store_file}`")
         failed += record["status"] != "done"
     if failed:
-        click.echo(f"{failed} of {len(pairs)} run(s) did not finish; their records hold the message.", err=True)
+        click.echo(f"{failed} of {len(cfgs)} run(s) did not finish; their records hold the message.", err=True)
         sys.exit(1)
+
+
+def _parse_seeds(value: str) -> list[int]:
+    try:
+        seeds = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise CkmError(f"bad --seeds '{value}': use whole numbers, e.g. 0,1,2") from None
+    if not seeds or any(not 0 <= v <= SEED_MAX for v in seeds) or len(set(seeds)) != len(seeds):
+        raise CkmError(f"bad --seeds '{value}': give distinct seeds in 0..{SEED_MAX}, e.g. 0,1,2")
+    return seeds
+
+
+def _launch(cfgs, launcher: str, jobs: int, launcher_config, wait, store_file: Path) -> None:
+    """Run the configs through a launcher (ckmbench.launch), then collect what finished."""
+    from .launch import launch_local, launch_submitit, load_resources
+    from .pending import collect
+
+    if launcher == "local":
+        click.echo(f"{len(cfgs)} run(s) in {min(jobs, len(cfgs))} parallel process(es)")
+        results = launch_local(cfgs, jobs)
+    else:
+        cluster = "slurm" if launcher == "slurm" else "local"
+        folder = store_file.parent / "submitit"
+        wait = (cluster == "local") if wait is None else wait
+        submitted, results = launch_submitit(cfgs, cluster, folder, load_resources(launcher_config), wait)
+        click.echo(f"submitted {len(submitted)} job(s) ({', '.join(j.job_id for j in submitted)}); logs in {folder}/")
+        if results is None:
+            click.echo(f"when they end: ckmbench results collect --store {store_file}")
+            return
+    for r in results:
+        click.echo(f"{r['method']} on {r['task']} seed {r['seed']}: {r['status']}"
+                   + (f" ({r['message']})" if r.get("message") else ""))
+    report = collect(store_file)
+    click.echo(report.summary(store_file))
+    failed = sum(r["status"] != "done" for r in results)
+    if failed:
+        click.echo(f"{failed} of {len(results)} run(s) did not finish; their records hold the message.", err=True)
+        sys.exit(1)
+
+
+# ---------------------------------------------------------------- results
+@cli.group()
+def results():
+    """Manage the results store."""
+
+
+@results.command(name="collect")
+@click.option("--store", default=None, help="Results store (default $CKMBENCH_STORE, else your user store).")
+def collect_cmd(store):
+    """Merge the per-run record files of launched and sharded runs into the store (exactly once)."""
+    from .pending import collect, pending_dir
+    from .results import check_store_writable
+
+    target = check_store_writable(store)
+    if not pending_dir(target).is_dir():
+        click.echo(f"nothing to collect: no {pending_dir(target)}/")
+        return
+    click.echo(collect(target).summary(target))
 
 
 @cli.command()
@@ -323,6 +409,26 @@ def generate(datasets, shard, force, workers):
 
 
 @data.command()
+@click.option("--dataset", "-d", "datasets", multiple=True, required=True,
+              help="Real dataset(s) to convert, e.g. radiomapseer-dpm.")
+@click.option("--data-root", default=None, help="The dataset's folder (or its environment variable).")
+@click.option("--force", is_flag=True, help="Convert again even when the cache entry is valid.")
+def convert(datasets, data_root, force):
+    """Convert a real dataset's folder once into the on-disk cache (read lazily; docs/scale.md)."""
+    from .data import builtin
+    from .plugins import registry
+
+    reg = registry()
+    for name in datasets:
+        spec = reg.dataset(name)
+        if getattr(spec.load, "func", None) is not builtin.load_rms:
+            raise CkmError(f"'{name}' has no on-disk conversion: only the radiomapseer-* datasets with a folder do")
+        ds = spec.load(root=data_root, progress=True, ondisk=True, force=force)
+        click.echo(f"{name}: {len(ds)} maps {ds.shape[0]}x{ds.shape[1]} on disk; content hash {ds.content_hash[:12]}; "
+                   f"cache {builtin.data_root()}")
+
+
+@data.command()
 @click.option("--dataset", "-d", default=DEFAULT_DATASET, show_default=True)
 @click.option("--data-root", default=None)
 @click.option("--split", default="test", show_default=True)
@@ -338,7 +444,7 @@ def show(dataset, data_root, split, count, out):
     ds = load_dataset(dataset, root=data_root).split(split)
     idx = np.unique(np.linspace(0, len(ds) - 1, min(count, len(ds))).round().astype(int))
     path = sample_figure([ds[int(i)] for i in idx], Path(out or f"{dataset}-samples.png"))
-    g = ds.gain_db[~ds.buildings]
+    g = np.asarray(ds.gain_db)[~np.asarray(ds.buildings)]
     click.echo(f"{dataset} [{split}]: {len(ds)} maps {ds.shape[0]}x{ds.shape[1]} at {ds.pixel_m:g} m/px; outdoor gain "
                f"{g.min():.1f} .. {g.max():.1f} dB (mean {g.mean():.1f}); figure {path}")
 

@@ -129,6 +129,7 @@ class Row:
     dataset: str
     records: list[dict]  # newest done record per seed, sorted by seed
     metrics: dict[str, float | None] = field(default_factory=dict)
+    spread: dict[str, float] = field(default_factory=dict)  # metric -> std over seeds (2+ finite values)
     unavailable: dict[str, str] = field(default_factory=dict)  # metric -> reason
     notes_n: dict[str, list[int]] = field(default_factory=dict)  # metric -> its N per seed
     cost: dict[str, float | None] = field(default_factory=dict)
@@ -206,6 +207,15 @@ def _mean(values: list) -> float | None:
     return math.fsum(present) / len(present) if present else None
 
 
+def _std(values: list) -> float | None:
+    """Sample standard deviation (n - 1) of the finite values; None below two of them."""
+    present = [float(v) for v in values if _finite(v)]
+    if len(present) < 2:
+        return None
+    mean = math.fsum(present) / len(present)
+    return math.sqrt(math.fsum((v - mean) ** 2 for v in present) / (len(present) - 1))
+
+
 def _make_row(key: tuple[str, str, str], dataset: str, records: list[dict]) -> Row:
     row = Row(*key, dataset=dataset, records=records)
     names = sorted({name for r in records for name in (r.get("metrics") or {})})
@@ -215,6 +225,9 @@ def _make_row(key: tuple[str, str, str], dataset: str, records: list[dict]) -> R
                                       for r in records if (r.get("metric_notes") or {}).get("in_sample")}))
     for name in names:
         row.metrics[name] = _mean([(r.get("metrics") or {}).get(name) for r in records])
+        spread = _std([(r.get("metrics") or {}).get(name) for r in records])
+        if spread is not None:
+            row.spread[name] = spread
         if row.metrics[name] is None:
             reasons = sorted({_one_line(str((r.get("metric_notes") or {}).get(name, "")), 200) for r in records} - {""})
             if any((r.get("metrics") or {}).get(name) is not None for r in records):
@@ -411,7 +424,8 @@ def _metric_cell(row: Row, name: str, best: str | None) -> str:
         return NOT_APPLICABLE if row.unavailable.get(name, "").startswith("not a finite") else "n/a"
     text = format_sig(value)
     ns = row.notes_n.get(name)
-    return (f"**{text}**" if text == best else text) + (f" (N={_join_range(ns)})" if ns else "")
+    spread = f" ± {format_sig(row.spread[name], 2)}" if name in row.spread else ""
+    return (f"**{text}**" if text == best else text) + spread + (f" (N={_join_range(ns)})" if ns else "")
 
 
 def _reproduced_table(board: Board, metrics: list[str], costs: list[str]) -> pd.DataFrame:
@@ -517,7 +531,8 @@ def _board_markdown(board: Board, figure: str | None, examples: str | None, repo
                       f"'{board.dataset}' (content hashes {', '.join(_short(h, 12) for h in board.mixed_hashes)}; "
                       "column `data version`), so they are not strictly comparable.", ""]
         parts += [
-            "Reproduced runs: the newest `done` record per seed, averaged over seeds (`seeds`); "
+            "Reproduced runs: the newest `done` record per seed, averaged over seeds (`seeds`"
+            + ("; mean ± sample standard deviation over them" if any(r.spread for r in board.rows) else "") + "); "
             "`N` = maps scored. ↑ higher is better, ↓ lower is better; **bold** = best reproduced "
             f"value per column; {NOT_APPLICABLE} = does not apply or not a finite number. "
             f"Ranked on `{primary}`"

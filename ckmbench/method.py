@@ -32,6 +32,9 @@ class RunContext:
     # fit_dependency(method_name) -> that method fitted on the same train task, dataset,
     # profile and seed (through the fit cache); e.g. LiCGDM starts from the CGDM fit.
     fit_dependency: Any = None
+    # DataLoader worker processes that build training batches ahead (0: in this process;
+    # the batches are the same either way). --loader-workers / $CKMBENCH_LOADER_WORKERS.
+    loader_workers: int = 0
 
 
 class TaskData:

@@ -130,6 +130,14 @@ class RunConfig:
     fid: bool | None = None  # None: only for the tasks whose papers report FID (FID_TASKS)
     refit: bool = False  # train again even when the fit cache holds this fit
     hparams: dict = field(default_factory=dict)
+    # DataLoader worker processes for training batches (None: $CKMBENCH_LOADER_WORKERS, else 0)
+    loader_workers: int | None = None
+    # (i, n): score only the test scenes i, i+n, ... (docs/scale.md); the record waits in the
+    # store's pending folder until `ckmbench results collect` merges the n shards
+    shard: tuple[int, int] | None = None
+    # write the record as a per-run file in the store's pending folder, not into the store
+    # (cluster jobs: `ckmbench results collect` merges them, no lock on a shared filesystem)
+    pending: bool = False
 
 
 @dataclass
@@ -144,6 +152,8 @@ class Prepared:
     device: torch.device
     dataset_hash: str  # content hash of the whole scored dataset (as `ckmbench data generate` prints)
     train_dataset_hash: str
+    positions: np.ndarray | None = None  # a shard's samples: their places in the whole test split
+    n_test_total: int | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -194,13 +204,21 @@ def prepare(cfg: RunConfig, reg: Registry) -> Prepared:
         test = test.take(_evenly(len(test), cfg.max_test))
     if len(test) == 0:
         raise CkmError(f"dataset '{cfg.dataset}' has an empty test split: check the dataset folder")
+    n_total, positions = len(test), None
+    if cfg.shard:
+        from .shards import check_shardable, shard_positions
+
+        check_shardable(task, cfg.shard)
+        positions = shard_positions(test.scene, *cfg.shard)
+        test = test.take(positions)
     train = train_ds.split("train") if "train" in train_ds.splits else None
     val = train_ds.split("val") if "val" in train_ds.splits else None
     if train is None and getattr(spec, "kind", "baseline") != "baseline":
         raise CkmError(
             f"dataset '{train_ds.name}' has no train split to fit '{spec.name}': pass --train-dataset (e.g. city)"
         )
-    return Prepared(spec, task, train_task, test, train, val, hparams, device, test_ds.content_hash, train_ds.content_hash)
+    return Prepared(spec, task, train_task, test, train, val, hparams, device, test_ds.content_hash, train_ds.content_hash,
+                    positions, n_total)
 
 
 def _uint8(x: np.ndarray) -> np.ndarray:
@@ -284,6 +302,7 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
     reg = reg or default_registry()
     store_file = check_store_writable(cfg.store)
     prep = prepare(cfg, reg)
+    workers = loader_workers(cfg)
     spec = prep.spec
     dist, version = reg.distribution_of("methods", spec.name)
     record_id = uuid.uuid4().hex
@@ -312,6 +331,11 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         **base_provenance(prep.device), "run_dir": str(run_dir), "examples": None,
         "fit": None,
     }
+    payload = None
+    if cfg.shard:
+        from .shards import shard_field
+
+        record["shard"] = shard_field(cfg.shard, record["config_hash"], prep.n_test_total)
     atomic_write_text(run_dir / "config.json", json.dumps({**asdict(cfg), **config}, indent=1, sort_keys=True, default=str))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % (2**32))
@@ -319,7 +343,7 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
     learned = getattr(spec, "kind", "baseline") != "baseline"
     ctx = RunContext(device=prep.device, seed=cfg.seed, profile=cfg.profile, hparams=prep.hparams, run_dir=run_dir,
                      time_budget_s=cfg.time_budget_s, progress=cfg.progress, amp=prep.hparams.get("amp"),
-                     deadline=deadline if learned else None)
+                     deadline=deadline if learned else None, loader_workers=workers)
     # A learned method's budget bounds its training: it stops, saves and is scored on what it
     # learned (record: fit.budget_reached). A baseline past the budget is a timeout.
     predict_deadline = None if learned else deadline
@@ -356,7 +380,11 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         from .metrics.evaluate import evaluate
 
         gain_range = torch.from_numpy(prep.test.gain_range.astype(np.float32))
-        result = evaluate(pred, target, gain_range, regions, fid=wants_fid(cfg))
+        result = evaluate(pred, target, gain_range, regions, fid=wants_fid(cfg) and not cfg.shard)
+        if cfg.shard:  # per-sample values and FID features wait for `ckmbench results collect`
+            from .shards import shard_payload
+
+            payload = shard_payload(result, prep.positions, pred, target, wants_fid(cfg))
         from .tasks.protocols import apply_conventions
 
         apply_conventions(prep.task, result.summary, result.notes, pred, target, regions)
@@ -393,6 +421,15 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         atomic_write_text(run_dir / "record.json", json.dumps(record, indent=1, sort_keys=True, default=str))
     except OSError as exc:
         log.warning("could not write %s: %s", run_dir / "record.json", exc)
+    if cfg.pending or cfg.shard:  # a per-run record file; `ckmbench results collect` merges it
+        from .pending import write_pending
+
+        try:
+            write_pending(record, store_file, payload)
+        except (OSError, ValueError, TypeError) as exc:
+            raise RecordNotStored(f"{spec.name} on {cfg.task}: record not written to the pending folder of "
+                                  f"{store_file} ({exc}); it is kept in {run_dir / 'record.json'}", record) from None
+        return record
     try:
         append_record(record, store_file)
     except (OSError, ValueError, TypeError) as exc:  # one failed append never stops a sweep
@@ -400,6 +437,20 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         raise RecordNotStored(f"{spec.name} on {cfg.task}: record not stored in {store_file} ({exc}); "
                               f"it is kept in {run_dir / 'record.json'}", record) from None
     return record
+
+
+def loader_workers(cfg: RunConfig) -> int:
+    """DataLoader workers of a run: --loader-workers, else $CKMBENCH_LOADER_WORKERS, else 0."""
+    import os
+
+    value = cfg.loader_workers if cfg.loader_workers is not None else os.environ.get("CKMBENCH_LOADER_WORKERS", "0")
+    try:
+        workers = int(value)
+    except ValueError:
+        raise CkmError(f"CKMBENCH_LOADER_WORKERS={value!r} is not a whole number: set it to 0 or more") from None
+    if workers < 0:
+        raise CkmError(f"loader workers {workers} < 0: pass 0 (batches built in the training process) or more")
+    return workers
 
 
 def _write_run_outputs(run_dir: Path, result, test, record: dict, store_file: Path) -> None:

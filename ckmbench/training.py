@@ -12,6 +12,8 @@ What it gives a method, so no plugin writes its own loop:
 - a NaN/inf guard that stops with the step named and keeps the last good checkpoint;
 - a time budget that stops cleanly, saves, and lets the run score what was trained;
 - progress (tqdm: step, loss, steps/s, time left), validation, best-or-last selection;
+- batches built ahead in ``torch.utils.data.DataLoader`` worker processes when
+  ``ctx.loader_workers`` > 0 (the same batches: they depend on the step only);
 - DistributedDataParallel under ``torchrun`` (NCCL on GPUs, gloo on CPUs); only rank 0
   writes; bf16 autocast with ``amp="bf16"``;
 - adversarial training (a GAN's generator and discriminator, each with its own optimizer and
@@ -363,6 +365,55 @@ class AdversarialStep:
     g_loss: Callable[[nn.Module, dict, tuple, torch.Generator], torch.Tensor]
 
 
+@dataclass
+class BatchOrder:
+    """Which samples each step trains on: a permutation per epoch from (seed, epoch), the
+    global batch of step k at positions k*batch .. (k+1)*batch, this rank's share of it."""
+
+    seed: int
+    batch_size: int
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self):
+        self._perm_cache = None
+
+    def indices(self, n: int, step: int) -> list[int]:
+        bs = self.batch_size
+        start = step * bs
+        out = []
+        while len(out) < bs:
+            epoch, pos = divmod(start + len(out), n)
+            perm = self._perm(n, epoch)
+            out.extend(perm[pos:pos + bs - len(out)])
+        return out[self.rank::self.world_size]
+
+    def _perm(self, n: int, epoch: int) -> list[int]:
+        if self._perm_cache is None or self._perm_cache[0] != (n, epoch):
+            g = torch.Generator().manual_seed(step_seed(self.seed, 0, epoch, "epoch"))
+            self._perm_cache = ((n, epoch), torch.randperm(n, generator=g).tolist())
+        return self._perm_cache[1]
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``k`` = the batch of training step k (a map-style dataset over steps, so a
+    DataLoader's workers build batches ahead while the model trains)."""
+
+    def __init__(self, train, order: BatchOrder, fresh_degradations: bool):
+        self.train, self.order, self.fresh = train, order, fresh_degradations
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, step: int):
+        idx = self.order.indices(len(self.train), step)
+        return self.train.batch_at(idx, draw=step if self.fresh else None)
+
+
+def _as_is(batch):
+    return batch
+
+
 class Trainer:
     """Runs a method's training loop; the method supplies the loss of one batch.
 
@@ -473,21 +524,25 @@ class Trainer:
     # ---------------------------------------------------------- data order
     def batch_indices(self, n: int, step: int) -> list[int]:
         """Indices of this rank's share of the global batch of ``step`` (seeded epochs)."""
-        bs = self.cfg.batch_size
-        start = step * bs
-        out = []
-        while len(out) < bs:
-            epoch, pos = divmod(start + len(out), n)
-            perm = self._perm(n, epoch)
-            out.extend(perm[pos:pos + bs - len(out)])
-        return out[self.dist.rank::self.dist.world_size]
+        return self._order().indices(n, step)
 
-    def _perm(self, n: int, epoch: int) -> list[int]:
-        cached = getattr(self, "_perm_cache", None)
-        if cached is None or cached[0] != (n, epoch):
-            g = torch.Generator().manual_seed(step_seed(self.ctx.seed, 0, epoch, "epoch"))
-            self._perm_cache = ((n, epoch), torch.randperm(n, generator=g).tolist())
-        return self._perm_cache[1]
+    def _order(self) -> "BatchOrder":
+        if getattr(self, "_batch_order", None) is None:
+            self._batch_order = BatchOrder(self.ctx.seed, self.cfg.batch_size, self.dist.rank, self.dist.world_size)
+        return self._batch_order
+
+    def _loader(self, train, start: int):
+        """Batches of steps ``start``.. from ``ctx.loader_workers`` DataLoader worker processes
+        (None: built on this process, as before). Each step's batch is the same either way:
+        the order and the degradations depend on the step only."""
+        workers = int(getattr(self.ctx, "loader_workers", 0) or 0)
+        if workers <= 0 or start >= self.cfg.steps:
+            return None
+        from torch.utils.data import DataLoader
+
+        data = StepBatches(train, self._order(), self.cfg.fresh_degradations)
+        return iter(DataLoader(data, batch_size=None, sampler=range(start, self.cfg.steps), num_workers=workers,
+                               collate_fn=_as_is, prefetch_factor=2))
 
     # ---------------------------------------------------------- loop
     def fit(self, train, step_fn: StepFn | AdversarialStep,
@@ -517,13 +572,14 @@ class Trainer:
         bar = self._progress(step)
         window: list[float] = []
         last_saved = step
+        loader = self._loader(train, step)
         try:
             while step < cfg.steps:
                 if self.ctx.deadline is not None and time.monotonic() >= self.ctx.deadline:
                     result.budget_reached = True
                     log.info("%s: time budget reached at step %d of %d", self.name, step, cfg.steps)
                     break
-                loss = self._one_step(net, train, step)
+                loss = self._one_step(net, train, step, next(loader) if loader is not None else None)
                 if not math.isfinite(loss):
                     raise TrainingDiverged(
                         f"{self.name}: {self._bad_loss} became {loss} at step {step + 1}; the last good checkpoint "
@@ -547,6 +603,7 @@ class Trainer:
                     self.save(step, history)
                     last_saved = step
         finally:
+            loader = None  # stops the DataLoader workers
             if bar is not None:
                 bar.close()
         if window:
@@ -568,13 +625,14 @@ class Trainer:
             result.final_d_loss = self._d_history[-1][1] if self._d_history else None
         return result
 
-    def _one_step(self, net: nn.Module, train, step: int) -> float:
+    def _one_step(self, net: nn.Module, train, step: int, batch=None) -> float:
         cfg = self.cfg
         seed = step_seed(self.ctx.seed, self.dist.rank, step)
         torch.manual_seed(seed)  # dropout and any other global draws of this step
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        idx = self.batch_indices(len(train), step)
-        batch = move_batch(train.batch_at(idx, draw=step if cfg.fresh_degradations else None), self.device)
+        if batch is None:
+            batch = StepBatches(train, self._order(), cfg.fresh_degradations)[step]
+        batch = move_batch(batch, self.device)
         net.train()
         if self.disc is not None:
             return self._adversarial_step(net, batch, gen, step)

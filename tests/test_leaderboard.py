@@ -129,7 +129,10 @@ def test_table_content(records, tmp_path, reported):
     assert [r[0] for r in rows] == ["cdiff", "bilinear", "nearest", "cdiff, fitted on town"]
     bil = by_label["bilinear"]
     assert bil["seeds"] == "2" and bil["N"] == "8" and bil["profile"] == "tiny"
-    assert bil["mse ↓"] == "0.01500" and bil["psnr ↑"] == "19.00"  # mean of seeds, old record dropped
+    # mean ± sample std of the seeds, the old record dropped
+    assert bil["mse ↓"] == "0.01500 ± 0.0071" and bil["psnr ↑"] == "19.00 ± 1.4"
+    assert by_label["nearest"]["mse ↓"] == "0.03000"  # one seed: no spread
+    assert "mean ± sample standard deviation over them" in text
     assert by_label["cdiff"]["mse ↓"] == "**0.005000**"
     assert by_label["cdiff"]["psnr ↑"] == "**25.00**"
     assert by_label["nearest"]["ssim ↑"] == "**0.7000**"  # higher is better

@@ -107,11 +107,29 @@ def load_samples(root=None, progress: bool = True, **_):
     return _load(progress=progress)
 
 
-def load_rms(name: str, simulation: str, cars: bool, root=None, progress: bool = True, **_):
-    from .radiomapseer import load_radiomapseer
+ONDISK_VERSION = 1
+
+
+def ondisk_default() -> bool:
+    """Real datasets go through the on-disk cache unless ``CKMBENCH_ONDISK=0`` (docs/scale.md)."""
+    return os.environ.get("CKMBENCH_ONDISK", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def load_rms(name: str, simulation: str, cars: bool, root=None, progress: bool = True, ondisk: bool | None = None,
+             force: bool = False, workers: int | None = None, **_):
+    """RadioMapSeer from its folder: converted once into the on-disk cache and read lazily
+    (``ondisk``, the default), or read whole into RAM (``ondisk=False``)."""
+    from .radiomapseer import convert_radiomapseer, load_radiomapseer, source_fingerprint
 
     path = _require_root(name, root, "CKMBENCH_RADIOMAPSEER")
-    return load_radiomapseer(path, simulation=simulation, cars=cars, name=name, progress=progress)
+    if not (ondisk_default() if ondisk is None else ondisk):
+        return load_radiomapseer(path, simulation=simulation, cars=cars, name=name, progress=progress, workers=workers)
+    # the folder's file list (names, sizes, mtimes) is in the key: an edited folder converts anew
+    config = {"builder": "radiomapseer", "version": ONDISK_VERSION, "root": str(path.resolve()),
+              "simulation": simulation, "cars": cars, "source": source_fingerprint(path, simulation, cars)}
+    return cached(name, config, lambda work: convert_radiomapseer(work, path, simulation=simulation, cars=cars,
+                                                                  name=name, progress=progress, workers=workers),
+                  force=force, resumable=True, ondisk=True)
 
 
 def load_ckmimagenet(root=None, progress: bool = True, **_):

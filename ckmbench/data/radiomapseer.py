@@ -14,6 +14,7 @@ The standard split is the RadioUNet one (docs/protocol.md §2); maps outside 1..
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -207,6 +208,98 @@ def _check_tx(r: int, c: int, source: Path, t: int, buildings: np.ndarray) -> No
         raise CkmError(f"radiomapseer: tx {t} in {source} is at pixel ({r}, {c}), inside a building: fix its [x, y] or the building mask")
 
 
+def _for_each_map(count: int, load_one, workers: int | None, bar, skip=frozenset(), on_done=None) -> None:
+    """``load_one(k)`` for every plan entry k not in ``skip``, on ``workers`` threads; the bar
+    advances by what each returns; the first failing entry (lowest k) is raised."""
+    todo = [k for k in range(count) if k not in skip]
+    n_workers = workers if workers is not None else min(16, 2 * (os.cpu_count() or 1))
+    if n_workers <= 1:
+        for k in todo:
+            bar.update(load_one(k))
+            if on_done is not None:
+                on_done(k)
+        return
+    with ThreadPoolExecutor(max_workers=n_workers) as pool:
+        index = {pool.submit(load_one, k): k for k in todo}
+        pending = set(index)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            if any(f.exception() is not None for f in done):
+                for f in pending:
+                    f.cancel()
+                # Maps start in order, so once the running ones finish, the failure
+                # with the lowest index is the first bad map: the same error every run.
+                wait(pending)
+                failed = [f for f in index if not f.cancelled() and f.exception() is not None]
+                raise min(failed, key=index.get).exception()
+            for f in done:
+                bar.update(f.result())
+                if on_done is not None:
+                    on_done(index[f])
+
+
+def _read_map(lay: _Layout, m: int, tx_ids: list[int], shape):
+    """One map's files: (gain gray (T,H,W) uint8, buildings, cars or None, tx (T,3)), every check applied."""
+    bld = _read_gray8(lay.buildings / f"{m}.png", "buildings", shape) > 0
+    car = _read_gray8(lay.cars / f"{m}.png", "cars", shape) > 0 if lay.cars is not None else None
+    positions = _tx_positions(lay, m, tx_ids, shape)
+    gray = np.empty((len(tx_ids), *shape), np.uint8)
+    tx = np.empty((len(tx_ids), 3), np.float32)
+    for j, (t, (r, c, source)) in enumerate(zip(tx_ids, positions)):
+        _check_tx(r, c, source, t, bld)
+        gray[j] = _read_gray8(lay.gain_file(m, t), "gain map", shape)
+        tx[j] = (r, c, TX_HEIGHT_M)
+    return gray, bld, car, tx
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a load reads: the layout, [(map, tx ids)], the map size and each map's first row."""
+
+    lay: _Layout
+    sim: str
+    cars: bool
+    maps: list
+    shape: tuple
+    starts: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.starts[-1])
+
+    def scene(self) -> np.ndarray:
+        return np.repeat([str(m) for m, _ in self.maps], [len(t) for _, t in self.maps]).astype(str)
+
+    def tx_index(self) -> np.ndarray:
+        return np.array([t for _, ts in self.maps for t in ts], np.int64)
+
+    def splits(self) -> dict[str, list[str]]:
+        present = [m for m, _ in self.maps]
+        present_set = set(present)
+        lookup = _split_lookup()
+        splits = {name_: [str(m) for m in ids if m in present_set] for name_, ids in standard_split().items()}
+        splits["test"] += [str(m) for m in present if m not in lookup]
+        return splits
+
+    def default_name(self) -> str:
+        return f"radiomapseer-cars-{self.sim.lower()}" if self.cars else f"radiomapseer-{self.sim.lower()}"
+
+    def meta(self) -> dict:
+        return {"source": "radiomapseer", "root": str(self.lay.root), "simulation": self.sim, "cars": bool(self.cars),
+                "tx_height_m": TX_HEIGHT_M, "gain_scale_db": list(GAIN_RANGE_DB)}
+
+    def bar(self, progress: bool, what: str = "radiomapseer"):
+        return tqdm(total=self.n, desc=f"{what} {('cars' if self.cars else '') + self.sim}", unit="map",
+                    disable=not progress)
+
+
+def _plan(root, simulation: str, cars: bool, maps, txs) -> _Plan:
+    lay, sim = _layout(root, simulation, cars)
+    plan = _select(lay, maps, txs)
+    shape = _read_gray8(lay.buildings / f"{plan[0][0]}.png", "buildings", None).shape
+    return _Plan(lay, sim, bool(cars), plan, shape, np.cumsum([0] + [len(t) for _, t in plan]))
+
+
 def load_radiomapseer(root, simulation: str = "DPM", cars: bool = False, maps=None, txs=None,
                       name: str | None = None, progress: bool = True, workers: int | None = None) -> MapDataset:
     """Load RadioMapSeer from ``root`` as a MapDataset (one sample per map and transmitter).
@@ -214,93 +307,96 @@ def load_radiomapseer(root, simulation: str = "DPM", cars: bool = False, maps=No
     ``simulation`` is DPM, IRT2 or IRT4; ``cars=True`` reads ``gain/cars<sim>/`` and
     ``png/cars/``. ``maps``/``txs`` restrict what is read (default: every map in the gain
     folder and every tx whose gain file exists). PNGs are decoded on ``workers`` threads
-    (default 2 x CPUs, at most 16) straight into preallocated arrays.
+    (default 2 x CPUs, at most 16) straight into preallocated arrays. Everything is held in
+    RAM; :func:`convert_radiomapseer` makes the on-disk cache instead (docs/scale.md).
     """
-    lay, sim = _layout(root, simulation, cars)
-    plan = _select(lay, maps, txs)
-    n = sum(len(t) for _, t in plan)
-    first_map = plan[0][0]
-    first_buildings = _read_gray8(lay.buildings / f"{first_map}.png", "buildings", None)
-    shape = first_buildings.shape
-
+    p = _plan(root, simulation, cars, maps, txs)
+    n, shape = p.n, p.shape
     gain_db = np.empty((n, *shape), np.float32)
     buildings = np.empty((n, *shape), bool)
     cars_arr = np.zeros((n, *shape), bool)
     tx = np.empty((n, 3), np.float32)
-    scene = np.empty(n, dtype=object)
-    tx_index = np.empty(n, np.int64)
-    starts = np.cumsum([0] + [len(t) for _, t in plan])
 
     def load_one(k: int) -> int:
-        m, tx_ids = plan[k]
-        lo = int(starts[k])
-        bld = _read_gray8(lay.buildings / f"{m}.png", "buildings", shape) > 0
-        car = _read_gray8(lay.cars / f"{m}.png", "cars", shape) > 0 if lay.cars is not None else None
-        positions = _tx_positions(lay, m, tx_ids, shape)
-        for j, (t, (r, c, source)) in enumerate(zip(tx_ids, positions)):
-            _check_tx(r, c, source, t, bld)
-            gray = _read_gray8(lay.gain_file(m, t), "gain map", shape)
-            _gray_to_db(gray, gain_db[lo + j])
-            tx[lo + j] = (r, c, TX_HEIGHT_M)
-            tx_index[lo + j] = t
-        hi = lo + len(tx_ids)
+        m, tx_ids = p.maps[k]
+        lo, hi = int(p.starts[k]), int(p.starts[k + 1])
+        gray, bld, car, tx[lo:hi] = _read_map(p.lay, m, tx_ids, shape)
+        for j in range(len(tx_ids)):
+            _gray_to_db(gray[j], gain_db[lo + j])
         buildings[lo:hi] = bld
         if car is not None:
             cars_arr[lo:hi] = car
-        scene[lo:hi] = str(m)
         return len(tx_ids)
 
-    n_workers = workers if workers is not None else min(16, 2 * (os.cpu_count() or 1))
-    bar = tqdm(total=n, desc=f"radiomapseer {('cars' if cars else '') + sim}", unit="map", disable=not progress)
+    bar = p.bar(progress)
     try:
-        if n_workers <= 1:
-            for k in range(len(plan)):
-                bar.update(load_one(k))
-        else:
-            with ThreadPoolExecutor(max_workers=n_workers) as pool:
-                index = {pool.submit(load_one, k): k for k in range(len(plan))}
-                pending = set(index)
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                    if any(f.exception() is not None for f in done):
-                        for f in pending:
-                            f.cancel()
-                        # Maps start in order, so once the running ones finish, the failure
-                        # with the lowest index is the first bad map: the same error every run.
-                        wait(pending)
-                        failed = [f for f in index if not f.cancelled() and f.exception() is not None]
-                        raise min(failed, key=index.get).exception()
-                    for f in done:
-                        bar.update(f.result())
+        _for_each_map(len(p.maps), load_one, workers, bar)
     finally:
         bar.close()
-
-    present = [m for m, _ in plan]
-    present_set = set(present)
-    lookup = _split_lookup()
-    splits = {name_: [str(m) for m in ids if m in present_set] for name_, ids in standard_split().items()}
-    splits["test"] += [str(m) for m in present if m not in lookup]
-    default_name = f"radiomapseer-cars-{sim.lower()}" if cars else f"radiomapseer-{sim.lower()}"
     return MapDataset(
-        name=name or default_name,
-        gain_db=gain_db,
-        buildings=buildings,
-        cars=cars_arr,
-        tx=tx,
-        gain_range=np.tile(np.array(GAIN_RANGE_DB, np.float32), (n, 1)),
-        scene=scene.astype(str),
-        tx_index=tx_index,
-        pixel_m=PIXEL_M,
-        splits=splits,
-        meta={
-            "source": "radiomapseer",
-            "root": str(lay.root),
-            "simulation": sim,
-            "cars": bool(cars),
-            "tx_height_m": TX_HEIGHT_M,
-            "gain_scale_db": list(GAIN_RANGE_DB),
-        },
-    )
+        name=name or p.default_name(), gain_db=gain_db, buildings=buildings, cars=cars_arr, tx=tx,
+        gain_range=np.tile(np.array(GAIN_RANGE_DB, np.float32), (n, 1)), scene=p.scene(), tx_index=p.tx_index(),
+        pixel_m=PIXEL_M, splits=p.splits(), meta=p.meta())
+
+
+def source_fingerprint(root, simulation: str = "DPM", cars: bool = False) -> str:
+    """sha256 over the names, sizes and mtimes of the files a load reads: a changed folder is
+    a new on-disk cache entry, never a stale one."""
+    lay, _ = _layout(root, simulation, cars)
+    h = hashlib.sha256()
+    for folder in (lay.gain, lay.buildings, lay.cars, lay.antenna_json, lay.antenna_png):
+        if folder is None or not folder.is_dir():
+            continue
+        with os.scandir(folder) as it:
+            rows = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in it if e.is_file())
+        h.update(f"{folder.relative_to(lay.root)}\n".encode() + json.dumps(rows).encode())
+    return h.hexdigest()
+
+
+def convert_radiomapseer(work: Path, root, simulation: str = "DPM", cars: bool = False, maps=None, txs=None,
+                         name: str | None = None, progress: bool = True, workers: int | None = None) -> MapDataset:
+    """Write RadioMapSeer from ``root`` into the folder ``work`` as on-disk rows, map by map,
+    and return the dataset reading them (equal to :func:`load_radiomapseer`'s, content hash
+    included). Gain is kept as the 8-bit gray it is published in (decoded to dB on read),
+    building and car masks once per map. Resumable: ``work/progress.json`` lists the maps
+    written (after an fsync), so a killed conversion goes on from there.
+    """
+    from .cache import OnDiskWriter
+
+    p = _plan(root, simulation, cars, maps, txs)
+    n, shape, n_maps = p.n, p.shape, len(p.maps)
+    plan_id = hashlib.sha256(json.dumps([str(p.lay.root), p.sim, p.cars, p.maps, list(shape)]).encode()).hexdigest()
+    writer = OnDiskWriter(Path(work), plan_id, {
+        "gain_gray": (np.uint8, (n, *shape)), "buildings": (bool, (n_maps, *shape)),
+        "cars": (bool, (n_maps if cars else 1, *shape)), "tx": (np.float32, (n, 3)),
+    })
+    bar = p.bar(progress, "convert")
+    bar.update(sum(len(p.maps[k][1]) for k in writer.done))
+
+    def write_one(k: int) -> int:
+        m, tx_ids = p.maps[k]
+        lo = int(p.starts[k])
+        gray, bld, car, tx = _read_map(p.lay, m, tx_ids, shape)
+        for j in range(len(tx_ids)):
+            writer.write("gain_gray", lo + j, gray[j])
+            writer.write("tx", lo + j, tx[j])
+        writer.write("buildings", k, bld)
+        if car is not None:
+            writer.write("cars", k, car)
+        return len(tx_ids)
+
+    try:
+        _for_each_map(n_maps, write_one, workers, bar, skip=writer.done, on_done=writer.mark_done)
+    finally:
+        bar.close()
+        writer.checkpoint()
+    scene_rows = np.repeat(np.arange(n_maps), [len(t) for _, t in p.maps])
+    return writer.dataset(
+        name=name or p.default_name(), decode={"gain_gray": ("gain_db", float(_DB_PER_GRAY), GAIN_RANGE_DB[0])},
+        rows={"buildings": scene_rows, "cars": scene_rows if cars else np.zeros(n, np.int64)},
+        small={"gain_range": np.tile(np.array(GAIN_RANGE_DB, np.float32), (n, 1)), "scene": p.scene(),
+               "tx_index": p.tx_index()},
+        pixel_m=PIXEL_M, splits=p.splits(), meta=p.meta())
 
 
 def load_map0(**kw) -> MapDataset:

@@ -13,6 +13,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..errors import CkmError
+from .ondisk import DiskRows, materialize
 
 SPLITS = ("train", "val", "test")
 
@@ -62,6 +63,9 @@ class Sample:
 @dataclass
 class MapDataset(Sequence[Sample]):
     """Samples stored as stacked arrays, with scene-level splits.
+
+    The three image arrays may be :class:`~ckmbench.data.ondisk.DiskRows` (an on-disk
+    cache, docs/scale.md): indexing one sample reads it, ``take``/``split`` stay lazy.
 
     ``splits`` maps a split name to the scene ids in it; a scene is in exactly one split,
     so no test scene is ever seen in training.
@@ -118,8 +122,8 @@ class MapDataset(Sequence[Sample]):
         """All normalized maps, (N, H, W) float32, building pixels 0."""
         g_min = self.gain_range[:, 0, None, None]
         g_max = self.gain_range[:, 1, None, None]
-        u = np.clip((self.gain_db - g_min) / (g_max - g_min), 0.0, 1.0).astype(np.float32)
-        u[self.buildings] = 0.0
+        u = np.clip((materialize(self.gain_db) - g_min) / (g_max - g_min), 0.0, 1.0).astype(np.float32)
+        u[materialize(self.buildings)] = 0.0
         return u
 
     def take(self, idx) -> "MapDataset":
@@ -156,6 +160,11 @@ class MapDataset(Sequence[Sample]):
         """sha256 over the arrays and ids: changes whenever any map or id changes."""
         h = hashlib.sha256()
         for arr in (self.gain_db, self.buildings, self.cars, self.tx, self.gain_range, self.tx_index):
+            if isinstance(arr, DiskRows):  # the same bytes, streamed: an on-disk dataset is never all in RAM
+                h.update(str(arr.dtype).encode() + str(arr.shape).encode())
+                for block in arr.chunks():
+                    h.update(np.ascontiguousarray(block).reshape(-1).view(np.uint8))
+                continue
             a = np.ascontiguousarray(arr)
             h.update(str(a.dtype).encode() + str(a.shape).encode())
             h.update(a.reshape(-1).view(np.uint8))

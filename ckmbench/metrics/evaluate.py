@@ -29,6 +29,8 @@ class EvalResult:
     per_sample: dict[str, np.ndarray]
     notes: dict = field(default_factory=dict)
     n: int = 0
+    suffixes: list = field(default_factory=lambda: [""])  # "" and "@<region>" per scored region
+    failed: set = field(default_factory=set)  # per-sample metrics that failed (their mean is None)
 
 
 def _as_maps(x, what: str) -> torch.Tensor:
@@ -180,6 +182,39 @@ def _mean(values: np.ndarray, key: str, notes: dict) -> float | None:
     return float(values[finite].mean()) if finite.any() else None
 
 
+def summarize(per_sample: dict[str, np.ndarray], suffixes: list[str], registry=None, metrics=None,
+              failed=frozenset(), notes: dict | None = None) -> dict[str, float | None]:
+    """The record's numbers from per-sample values: each per-sample metric's mean (NaN
+    skipped, noted) and the aggregates, for the whole map (suffix "") and every region.
+
+    :func:`evaluate` calls it on the values it scored; ``ckmbench results collect`` on the
+    values of a sharded run's shards put back in test order, so both give the same numbers.
+    """
+    if registry is None:
+        from ..plugins import registry as process_registry
+
+        registry = process_registry()
+    notes = {} if notes is None else notes
+    specs = _select(registry, metrics)
+    summary: dict[str, float | None] = {}
+    for suffix in suffixes:
+        view = {k[: len(k) - len(suffix)] if suffix else k: v for k, v in per_sample.items()
+                if (k.endswith(suffix) if suffix else "@" not in k)}
+        for name, spec in specs.items():
+            key = name + suffix
+            if spec.kind == "per_sample":
+                if name in failed:
+                    summary[key] = None
+                elif name in view:
+                    summary[key] = _mean(view[name], key, notes)
+            elif spec.kind == "aggregate":
+                if not all(r in view for r in getattr(spec.compute, "requires", ())):
+                    continue
+                value = _call_isolated(registry, name, notes, spec.compute, view)
+                summary[key] = None if value is None or not np.isfinite(value) else float(value)
+    return summary
+
+
 def evaluate(preds, targets, gain_range, regions=None, metrics=None, fid: bool = True,
              chunk: int = 64, registry=None) -> EvalResult:
     """Score predictions against targets with every registered metric (or only ``metrics``).
@@ -207,22 +242,7 @@ def evaluate(preds, targets, gain_range, regions=None, metrics=None, fid: bool =
         threads = min(threads, idle_cores()) if preds.device.type == "cpu" else 1
         per_sample = _score_chunks(registry, per_sample_specs, variants, notes, failed, preds, targets, gr, step, threads)
 
-    summary: dict[str, float | None] = {}
-    for suffix, _ in variants:
-        view = {k[: len(k) - len(suffix)] if suffix else k: v for k, v in per_sample.items()
-                if (k.endswith(suffix) if suffix else "@" not in k)}
-        for name, spec in specs.items():
-            key = name + suffix
-            if spec.kind == "per_sample":
-                if name in failed:
-                    summary[key] = None
-                elif name in view:
-                    summary[key] = _mean(view[name], key, notes)
-            elif spec.kind == "aggregate":
-                if not all(r in view for r in getattr(spec.compute, "requires", ())):
-                    continue
-                value = _call_isolated(registry, name, notes, spec.compute, view)
-                summary[key] = None if value is None or not np.isfinite(value) else float(value)
+    summary = summarize(per_sample, [suffix for suffix, _ in variants], registry, metrics, failed, notes)
 
     for name, spec in specs.items():
         if spec.kind != "distribution":
@@ -236,4 +256,4 @@ def evaluate(preds, targets, gain_range, regions=None, metrics=None, fid: bool =
         value = out.get("value")
         summary[name] = None if value is None or not np.isfinite(value) else float(value)
         notes.update(out.get("notes", {}))
-    return EvalResult(summary, per_sample, notes, n)
+    return EvalResult(summary, per_sample, notes, n, [suffix for suffix, _ in variants], failed)

@@ -383,3 +383,29 @@ def fid(preds: torch.Tensor, targets: torch.Tensor, weights: str | os.PathLike |
         return _scorer(weights, device, batch_size)(preds, targets)
     except FidUnavailable as exc:
         return {"value": None, "notes": {"fid": f"unavailable: {exc}"}}
+
+
+def shard_features(preds: torch.Tensor, targets: torch.Tensor, weights=None, device=None, batch_size: int = 32) -> dict:
+    """The Inception features of one shard of a run (docs/scale.md): ``{"real", "fake", "notes"}``
+    (float32 (N, 2048) each), or ``{"unavailable": reason}``. ``ckmbench results collect``
+    computes FID once, from every shard's features together (:func:`fid_of_features`)."""
+    try:
+        scorer = _scorer(weights, device, batch_size)
+    except FidUnavailable as exc:
+        return {"unavailable": str(exc)}
+    return {"real": scorer.real_features(targets).float(), "fake": scorer.features(preds).float(),
+            "notes": scorer.notes(int(targets.shape[0]), int(preds.shape[0]))}
+
+
+def fid_of_features(real: torch.Tensor, fake: torch.Tensor, notes: dict) -> dict:
+    """FID of merged feature sets, as :func:`fid` reports it (value, notes with N)."""
+    notes = {k: v for k, v in notes.items() if k not in ("fid_n", "fid_n_real", "fid_n_pred")}
+    try:
+        value = FidScorer.fid_from_features(torch.as_tensor(real), torch.as_tensor(fake))
+    except FidUnavailable as exc:
+        return {"value": None, "notes": {"fid": f"unavailable: {exc}"}}
+    n_real, n_fake = int(real.shape[0]), int(fake.shape[0])
+    notes["fid_n"] = min(n_real, n_fake)
+    if n_real != n_fake:
+        notes.update(fid_n_real=n_real, fid_n_pred=n_fake)
+    return {"value": value, "notes": notes}

@@ -1,0 +1,97 @@
+"""Launchers (docs/scale.md): one job per (method, task, seed), in parallel processes here
+(``--launcher local --jobs N``) or on Slurm through submitit (``--launcher slurm``).
+
+Every job runs :func:`ckmbench.runner.run` with ``pending=True``: its record becomes a file
+of its own in the store's pending folder, and ``ckmbench results collect`` merges those
+files into the store (a local sweep collects when its jobs end). Resources of a cluster job
+come from a TOML file (``--launcher-config``): its ``[submitit]`` table is passed to
+``submitit.AutoExecutor.update_parameters`` as it is (``timeout_min``, ``gpus_per_node``,
+``cpus_per_task``, ``mem_gb``, ``slurm_partition``, ``slurm_array_parallelism``, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from .errors import CkmError
+
+LAUNCHERS = ("inline", "local", "slurm", "submitit-local")
+DEFAULT_RESOURCES = {"timeout_min": 240, "cpus_per_task": 4}
+
+
+def run_job(cfg: dict, threads: int | None = None) -> dict:
+    """One job: the run of ``cfg`` (a RunConfig as a dict), its record written as a pending file.
+    Returns what the launcher prints (never raises for a failed run: the record says it)."""
+    import torch
+
+    from .runner import RecordNotStored, RunConfig, run
+
+    if threads:
+        torch.set_num_threads(threads)
+    config = RunConfig(**{**cfg, "pending": True})
+    try:
+        record = run(config)
+    except RecordNotStored as exc:
+        record = {**exc.record, "status": "error", "message": str(exc)}
+    except CkmError as exc:
+        return {"method": config.method, "task": config.task, "seed": config.seed, "status": "error",
+                "message": str(exc), "record_id": None}
+    return {k: record.get(k) for k in ("record_id", "method", "task", "dataset", "seed", "status", "message")}
+
+
+def load_resources(path: str | None) -> dict:
+    """The ``[submitit]`` table of a TOML file (default resources without one)."""
+    if not path:
+        return dict(DEFAULT_RESOURCES)
+    import tomllib
+
+    file = Path(path)
+    try:
+        data = tomllib.loads(file.read_text("utf-8"))
+    except OSError as exc:
+        raise CkmError(f"--launcher-config {file}: cannot read it ({exc.strerror}): pass a TOML file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CkmError(f"--launcher-config {file} is not valid TOML ({exc}): fix it") from None
+    table = data.get("submitit")
+    if not isinstance(table, dict):
+        raise CkmError(f"--launcher-config {file} has no [submitit] table: put the job resources under [submitit]")
+    return {**DEFAULT_RESOURCES, **table}
+
+
+def _as_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def launch_local(cfgs: list, jobs: int) -> list[dict]:
+    """The runs in ``jobs`` parallel processes (spawned: each loads torch afresh), cores shared out."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(run_job, _as_dict(c), threads) for c in cfgs]
+        return [f.result() for f in futures]
+
+
+def submitit_executor(cluster: str, folder: Path, resources: dict):
+    try:
+        import submitit
+    except ImportError:
+        raise CkmError("--launcher slurm needs submitit: pip install 'ckmbench[cluster]'") from None
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    params = {k: v for k, v in resources.items() if cluster != "local" or not k.startswith("slurm_")}
+    try:
+        executor.update_parameters(name="ckmbench", **params)
+    except (ValueError, TypeError) as exc:
+        raise CkmError(f"launcher resources: {' '.join(str(exc).split())[:300]}: fix the [submitit] table") from None
+    return executor
+
+
+def launch_submitit(cfgs: list, cluster: str, folder: Path, resources: dict, wait: bool):
+    """One job per run through submitit (a Slurm job array, or local processes); returns the
+    jobs, and their summaries when ``wait``."""
+    executor = submitit_executor(cluster, folder, resources)
+    jobs = executor.map_array(run_job, [_as_dict(c) for c in cfgs])
+    return jobs, ([job.result() for job in jobs] if wait else None)
