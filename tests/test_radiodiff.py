@@ -135,6 +135,8 @@ def test_refuses_bad_tasks_losses_and_checkpoints(reg, datasets):
     with pytest.raises(CkmError, match="loss=code"):
         RadioDiff("tiny", dict(RADIODIFF_TINY, loss="l1"))
     assert RadioDiff("tiny", dict(RADIODIFF_TINY, loss="code")).ddm.loss_kind == "radiodiff"
+    with pytest.raises(CkmError, match="clip_x0"):
+        RadioDiff("tiny", dict(RADIODIFF_TINY, clip_x0="big"))
     with pytest.raises(CkmError, match="no weights"):
         obs, _, _ = TaskData(datasets["city-tiny"].split("test"), task_of(reg, "envgen-static"), 0).batch_at([0])
         RadioDiff("tiny", dict(RADIODIFF_TINY)).predict(obs, RunContext(progress=False))

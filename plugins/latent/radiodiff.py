@@ -102,6 +102,9 @@ class RadioDiff(CKMDiff):
         super().__init__(profile, {**hp, "loss": loss_name(hp)})  # CKMDiff's process knows the code loss as "radiodiff"
         self.hparams = hp
         self.ddm = CodeSampler(float(hp.get("t_min", 1e-4)), loss_name(hp), bool(hp.get("split_last", True)))
+        clip = hp.get("clip_x0")
+        if clip not in (None, "auto") and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip < 0):
+            raise CkmError(f"radiodiff: clip_x0={clip!r}: pass a number >= 0 (0: no clipping) or auto")
 
     # ------------------------------------------------------------ building
     def architecture(self, task_name: str, image_size: int, downsample: int, z_channels: int) -> dict:
@@ -112,7 +115,8 @@ class RadioDiff(CKMDiff):
         tokens = int(hp.get("xattn_tokens", 8))
         windows = [max(1, (side >> lvl) // tokens) for lvl in range(levels)]
         arch["unet"].update(xattn_heads=int(hp.get("xattn_heads", 8)), xattn_windows=windows,
-                            xattn_queries=str(hp.get("xattn_queries", "context")), xattn_scale=hp.get("xattn_scale"),
+                            xattn_queries=str(hp.get("xattn_queries", "context")),
+                            xattn_scale=hp.get("xattn_scale") or None,  # 0/null: the usual 1/sqrt(head dim)
                             xattn_ffn_mult=int(hp.get("xattn_ffn_mult", 2)),
                             input_context=bool(hp.get("input_context", True)), aft=bool(hp.get("aft", True)))
         arch.update(kind="envgen", task=task_name, prompt=list(PROMPTS[task_name]))
@@ -140,12 +144,12 @@ class RadioDiff(CKMDiff):
         return torch.cat(chans, dim=1)
 
     def clip_bound(self, train) -> float | None:
-        """``clip_x0``: a number, null (no clip), or "auto": the largest |z0| (scaled) over the
-        first 64 train latents -- the latent's own data range, where the code's pixel-space
-        sampler clips to its data range [-1, 1]."""
-        value = self.hparams.get("clip_x0", "auto")
-        if value != "auto":
-            return None if value is None else float(value)
+        """``clip_x0``: null or "auto" (default): the largest |z0| (scaled) over the first 64
+        train latents -- the latent's own data range, where the code's pixel-space sampler
+        clips to its data range [-1, 1]; a number > 0: +-that number; 0: no clipping."""
+        value = self.hparams.get("clip_x0")
+        if value not in (None, "auto"):
+            return float(value) or None
         _, target, _ = train.batch_at(range(min(64, len(train))))
         dev = next(self.ae.parameters()).device
         return float(self.latent(target.to(dev)).abs().max())
@@ -204,7 +208,7 @@ RADIODIFF_PAPER = dict(
     base=128, mults=[1, 2, 4, 4], num_res_blocks=2, dropout=0.0, attn_resolutions=[], norm_groups=32,
     xattn_heads=8, xattn_tokens=8, xattn_queries="context", xattn_scale=1.0, xattn_ffn_mult=2,
     input_context=True, aft=True,
-    t_min=1e-4, loss="l2", latent_scale=0.3, clip_x0="auto", sample_steps=5, split_last=True, zero_buildings=True,
+    t_min=1e-4, loss="l2", latent_scale=0.3, clip_x0=None, sample_steps=5, split_last=True, zero_buildings=True,
     steps=50_000, batch_size=64, optimizer="adamw", weight_decay=1e-4, lr=5e-5, lr_end=5e-6, lr_schedule="linear",
     grad_clip=1.0,
     ema_decay=0.9999, ema_start=10_000, fresh_degradations=False, select="last", checkpoint_every=5000,
