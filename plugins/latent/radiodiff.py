@@ -6,7 +6,7 @@ Pipeline:
 1. the dataset's KL autoencoder (:func:`ckmbench.latent.fitted_autoencoder`, shared with
    every latent method), frozen; z0 = scale x its posterior mean;
 2. the prompt: [buildings, Tx, buildings] (``envgen-static``, the code's static prompt) or
-   [buildings, cars, Tx] (``envgen-dynamic``, S4 §IV) -> condition encoder (Swin-B at
+   [buildings, cars, Tx] (``envgen-dynamic``, S4's prompt C) -> condition encoder (Swin-B at
    ``paper``, a conv encoder at ``small``/``tiny``) -> one feature map per U-Net level;
 3. a :class:`ckmbench.latent.attention.CrossAttnUNet`: windowed cross-attention to the
    prompt's features at every encoder and decoder level, the level-0 features concatenated
