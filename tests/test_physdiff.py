@@ -103,7 +103,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_fit(reg, data, tmp_path, mo
 def test_ablations_have_their_own_fit_keys_and_share_the_regionunet(reg, data, tmp_path, monkeypatch):
     spec = reg.method("physdiff")
     task = task_of(reg, "envgen-static")
-    keys, regions = set(), set()
+    keys, regions, sources = set(), set(), []
     combos = [dict(edge_loss=e, region_loss=r, pyramid_loss=p) for e in (True, False) for r in (True, False)
               for p in (True, False)]
     for flags in combos:
@@ -112,9 +112,10 @@ def test_ablations_have_their_own_fit_keys_and_share_the_regionunet(reg, data, t
         keys.add(method.info["key"])
         if flags["region_loss"]:
             regions.add(method.info["regionunet"]["key"])
+            sources.append(method.info["regionunet"]["source"])
         else:
             assert method.info["regionunet"] is None
-    assert len(keys) == 8 and len(regions) == 1
+    assert len(keys) == 8 and len(regions) == 1 and sources == ["trained", "cache", "cache", "cache"]
 
 
 def test_switching_a_loss_off_changes_the_loss(reg, cars):
