@@ -131,6 +131,17 @@ def test_swin_encoder_levels_and_local_weights(tmp_path):
         build_condition_encoder("swin-b", image_size=64, downsample=2, levels=3)
 
 
+@pytest.mark.parametrize("levels", [2, 4])
+def test_every_trainable_swin_parameter_gets_a_gradient(levels):
+    """DDP refuses trainable parameters that receive no gradient (the final norm, unused stages)."""
+    enc = build_condition_encoder("swin-t", image_size=64, downsample=4, levels=levels)
+    sum(f.square().mean() for f in enc(torch.randn(2, 3, 64, 64))).backward()
+    idle = [n for n, p in enc.named_parameters() if p.requires_grad and p.grad is None]
+    assert not idle, idle[:3]
+    frozen = sum(p.numel() for p in enc.parameters() if not p.requires_grad)
+    assert frozen > 0 and sum(p.numel() for p in enc.parameters()) == sum(p.numel() for p in enc.model.parameters())
+
+
 # ------------------------------------------------------------------ the autoencoder
 def test_autoencoder_is_fitted_once_then_reused_from_the_cache(data, generate_task, tmp_path, monkeypatch):
     monkeypatch.setenv("CKMBENCH_FITS", str(tmp_path / "fits"))

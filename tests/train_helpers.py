@@ -43,12 +43,12 @@ def crash_then_resume(monkeypatch, fit, root, crash_at: int, trainer_name: str |
 
     original, calls = Trainer._one_step, {"n": 0}
 
-    def crashing(self, net, train_, step):
+    def crashing(self, *args, **kwargs):
         if trainer_name is None or self.name == trainer_name:
             calls["n"] += 1
             if calls["n"] == crash_at:
                 raise RuntimeError("simulated crash")
-        return original(self, net, train_, step)
+        return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Trainer, "_one_step", crashing)
     with pytest.raises(RuntimeError, match="simulated crash"):

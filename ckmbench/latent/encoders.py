@@ -78,6 +78,10 @@ class SwinEncoder(nn.Module):
         self.model = timm.create_model(SWIN_MODELS[variant], pretrained=False, num_classes=0,
                                        img_size=int(image_size), in_chans=in_channels)
         self.channels = [int(f["num_chs"]) for f in self.model.feature_info][:levels]
+        # the final norm and the stages past `levels` get no gradient: frozen, so that DDP
+        # (which refuses parameters that receive none) works; still counted, as S3 counts Swin
+        for module in [self.model.norm, *list(self.model.layers)[self.levels:]]:
+            module.requires_grad_(False)
         self.weights = "scratch"
         if weights:
             self.weights = self._load(Path(weights))
