@@ -201,6 +201,8 @@ def run(method, task, dataset, train_dataset, profile, seed, device, data_root, 
         raise CkmError(f"none of the methods {', '.join(methods)} supports any of the tasks {', '.join(tasks)}")
     per_method = _method_sets(reg, sorted({m for m, _ in pairs}), profile, overrides)
     store_file = check_store_writable(store)  # before any work: a finished run must never lose its record
+    if seeds and seed:
+        raise CkmError(f"--seed {seed} and --seeds {seeds} both given: pass one of them")
     seed_list = _parse_seeds(seeds) if seeds else [seed]
     shard_t = _parse_shard(shard)
     cfgs = [RunConfig(method=m, task=t, dataset=dataset, train_dataset=train_dataset, profile=profile, seed=sd,
@@ -342,6 +344,12 @@ def leaderboard(store, out, prune, allow_mixed, full):
     written = build_leaderboards(records, out_dir, path.parent, reported, prune=prune, allow_mixed=allow_mixed,
                                  incremental=not full)
     click.echo(f"{len(records)} record(s) from {path} -> {len(written)} file(s) in {out_dir}/")
+    from .pending import pending_dir
+
+    waiting = len(list(pending_dir(path).glob("*.json"))) if pending_dir(path).is_dir() else 0
+    if waiting:
+        click.echo(f"{waiting} record file(s) of launched or sharded runs wait in {pending_dir(path)}/ and are not "
+                   f"in these tables: run `ckmbench results collect --store {path}`", err=True)
 
 
 # ---------------------------------------------------------------- registry views

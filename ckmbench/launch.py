@@ -64,13 +64,37 @@ def _as_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (none without CUDA)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    named = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return named or [str(i) for i in range(torch.cuda.device_count())]
+
+
+def pin_gpu(counter, gpus: list[str]) -> None:
+    """Worker initializer: the k-th worker process sees only GPU k mod len(gpus), so ``--jobs 4
+    --device cuda`` on a 4-GPU node runs one job per GPU (before torch is imported there)."""
+    with counter.get_lock():
+        slot = counter.value
+        counter.value += 1
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+
+
 def launch_local(cfgs: list, jobs: int) -> list[dict]:
-    """The runs in ``jobs`` parallel processes (spawned: each loads torch afresh), cores shared out."""
+    """The runs in ``jobs`` parallel processes (spawned: each loads torch afresh), cores shared
+    out between them and, for CUDA runs, one GPU per process (:func:`pin_gpu`)."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
+    context = get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+    gpus = visible_gpus() if any(str(c.device).startswith("cuda") for c in cfgs) else []
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=pin_gpu,
+                             initargs=(context.Value("i", 0), gpus)) as pool:
         futures = [pool.submit(run_job, _as_dict(c), threads) for c in cfgs]
         return [f.result() for f in futures]
 
@@ -80,7 +104,11 @@ def submitit_executor(cluster: str, folder: Path, resources: dict):
         import submitit
     except ImportError:
         raise CkmError("--launcher slurm needs submitit: pip install 'ckmbench[cluster]'") from None
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    try:
+        executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    except RuntimeError as exc:  # no srun/sbatch: not on a Slurm cluster
+        raise CkmError(f"--launcher {cluster}: submitit cannot use Slurm here ({' '.join(str(exc).split())}): "
+                       "run it on a Slurm login node, or use --launcher local") from None
     params = {k: v for k, v in resources.items() if cluster != "local" or not k.startswith("slurm_")}
     try:
         executor.update_parameters(name="ckmbench", **params)

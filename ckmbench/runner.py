@@ -206,9 +206,8 @@ def prepare(cfg: RunConfig, reg: Registry) -> Prepared:
         raise CkmError(f"dataset '{cfg.dataset}' has an empty test split: check the dataset folder")
     n_total, positions = len(test), None
     if cfg.shard:
-        from .shards import check_shardable, shard_positions
+        from .shards import shard_positions
 
-        check_shardable(task, cfg.shard)
         positions = shard_positions(test.scene, *cfg.shard)
         test = test.take(positions)
     train = train_ds.split("train") if "train" in train_ds.splits else None
@@ -384,7 +383,7 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         if cfg.shard:  # per-sample values and FID features wait for `ckmbench results collect`
             from .shards import shard_payload
 
-            payload = shard_payload(result, prep.positions, pred, target, wants_fid(cfg))
+            payload = shard_payload(result, prep.positions, pred, target, wants_fid(cfg), prep.task, regions)
         from .tasks.protocols import apply_conventions
 
         apply_conventions(prep.task, result.summary, result.notes, pred, target, regions)

@@ -35,25 +35,26 @@ def shard_positions(scenes, index: int, count: int) -> np.ndarray:
     return np.flatnonzero(np.isin(scenes, list(mine)))
 
 
-def check_shardable(task, shard: tuple[int, int]) -> None:
-    if getattr(task, "metric_conventions", None):
-        raise CkmError(f"--shard {shard[0]}/{shard[1]}: task '{task.name}' scores metrics its paper's way over the "
-                       "whole set: run it without --shard")
-
-
 def shard_field(shard: tuple[int, int], config_hash: str, n_total: int) -> dict:
     i, n = shard
     return {"index": int(i), "count": int(n), "group": f"{config_hash}/{int(n)}", "n_total": int(n_total)}
 
 
-def shard_payload(result, positions: np.ndarray, pred: torch.Tensor, target: torch.Tensor, fid: bool) -> bytes:
-    """The ``.npz`` a shard leaves for the merge: positions, per-sample values, FID features."""
+def shard_payload(result, positions: np.ndarray, pred: torch.Tensor, target: torch.Tensor, fid: bool,
+                  task=None, regions=None) -> bytes:
+    """The ``.npz`` a shard leaves for the merge: positions, per-sample values (a paper
+    protocol's own metric values too), FID features."""
     from .metrics import fid as fid_module
+    from .tasks.protocols import convention_values
 
     arrays = {"positions": np.asarray(positions, np.int64)}
     for key, values in result.per_sample.items():
         arrays[f"metric/{key}"] = np.asarray(values, np.float64)
-    info = {"suffixes": list(result.suffixes), "failed": sorted(result.failed), "notes": result.notes, "fid": fid}
+    conventions = convention_values(task, pred, target, regions) if task is not None else {}
+    for key, (values, _) in conventions.items():
+        arrays[f"convention/{key}"] = values
+    info = {"suffixes": list(result.suffixes), "failed": sorted(result.failed), "notes": result.notes, "fid": fid,
+            "conventions": {k: note for k, (_, note) in conventions.items()}}
     if fid:
         feats = fid_module.shard_features(pred, target)
         if "unavailable" in feats:
@@ -74,6 +75,15 @@ def _load_payload(data: bytes) -> tuple[dict, dict]:
     return arrays, json.loads(arrays.pop("info").tobytes().decode())
 
 
+def _in_order(loaded: list, key: str, n_total: int) -> np.ndarray:
+    """The shards' values of ``key`` at their places in the whole test split (NaN where absent)."""
+    full = np.full(n_total, np.nan)
+    for arrays, _ in loaded:
+        if key in arrays:
+            full[arrays["positions"]] = arrays[key]
+    return full
+
+
 def merged_record_id(records: list[dict]) -> str:
     """The same id for the same shards: collecting twice never stores the merge twice."""
     return hashlib.sha256("|".join(sorted(r["record_id"] for r in records)).encode()).hexdigest()[:32]
@@ -84,6 +94,7 @@ def merge_shards(records: list[dict], payloads: list[bytes], registry=None) -> d
     from .metrics.evaluate import summarize
     from .metrics.fid import fid_of_features
     from .runner import _clean
+    from .tasks.protocols import use_conventions
 
     order = sorted(range(len(records)), key=lambda k: records[k]["shard"]["index"])
     records = [records[k] for k in order]
@@ -94,13 +105,7 @@ def merge_shards(records: list[dict], payloads: list[bytes], registry=None) -> d
         raise CkmError(f"shards of run {records[0]['shard']['group']} do not cover its {n_total} test maps once: "
                        "re-run the shards with the same --max-test and data")
     keys = sorted({k for a, _ in loaded for k in a if k.startswith("metric/")})
-    per_sample = {}
-    for key in keys:
-        full = np.full(n_total, np.nan)
-        for arrays, _ in loaded:
-            if key in arrays:
-                full[arrays["positions"]] = arrays[key]
-        per_sample[key[len("metric/"):]] = full
+    per_sample = {key[len("metric/"):]: _in_order(loaded, key, n_total) for key in keys}
     infos = [info for _, info in loaded]
     failed = set().union(*(set(i["failed"]) for i in infos))
     notes: dict = {}
@@ -109,6 +114,8 @@ def merge_shards(records: list[dict], payloads: list[bytes], registry=None) -> d
             if not k.endswith("_skipped"):  # recounted over the whole set below
                 notes.setdefault(k, v)
     summary = summarize(per_sample, infos[0]["suffixes"], registry=registry, failed=failed, notes=notes)
+    use_conventions(summary, notes, {name: (_in_order(loaded, f"convention/{name}", n_total), note)
+                                     for name, note in infos[0].get("conventions", {}).items()})
     if infos[0]["fid"]:
         missing = [i.get("fid_unavailable") for i in infos if i.get("fid_unavailable")]
         if missing:

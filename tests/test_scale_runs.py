@@ -5,7 +5,7 @@ FID computed once on the merged features; seeds reuse only their own fit and sho
 from __future__ import annotations
 
 import json
-import shutil
+import os
 
 import numpy as np
 import pytest
@@ -165,3 +165,71 @@ def test_seeds_reuse_only_their_own_fit_and_show_mean_and_std(rms, tmp_path, cap
     assert cells[3] == "2" and " ± " in cells[4]
     mean = np.mean([r["metrics"][table.split("Ranked on `")[1].split("`")[0]] for r in again])
     assert cells[4].strip("*").startswith(f"{mean:#.4g}".rstrip("."))
+
+
+def test_slurm_resources_from_the_config_reach_the_sbatch_script(tmp_path, monkeypatch):
+    """No Slurm here: a stand-in srun lets submitit build its executor; the sbatch script it
+    would submit carries the [submitit] resources. Without srun the error is one line."""
+    pytest.importorskip("submitit")
+    from ckmbench.errors import CkmError
+    from ckmbench.launch import load_resources, submitit_executor
+
+    config = tmp_path / "slurm.toml"
+    config.write_text('[submitit]\ntimeout_min = 1440\ngpus_per_node = 1\nslurm_partition = "gpu"\n')
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(CkmError, match="cannot use Slurm here .*use --launcher local"):
+        submitit_executor("slurm", tmp_path / "jobs", load_resources(str(config)))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    executor = submitit_executor("slurm", tmp_path / "jobs", load_resources(str(config)))
+    script = executor._executor._make_submission_file_text("python -m job", "uid")
+    for line in ("--partition=gpu", "--gpus-per-node=1", "--time=1440", "--cpus-per-task=4", "--job-name=ckmbench"):
+        assert f"#SBATCH {line}" in script
+
+
+def test_a_paper_protocol_task_shards_too(rms, tmp_path):
+    """Its own-way metric (EnvCDiff's 7x7 SSIM) is merged per sample like the others."""
+    store = tmp_path / "s" / "records.jsonl"
+    base = dict(method="bilinear", task="sr4-envcf@envcdiff", dataset="radiomapseer-dpm", data_root=str(rms),
+                store=str(store), progress=False, examples=0)
+    whole = run(RunConfig(**base))
+    for i in range(2):
+        run(RunConfig(**base, shard=(i, 2)))
+    merged = collect(store).appended[0]
+    assert merged["metrics"] == whole["metrics"] and "ssim_convention" in merged["metric_notes"]
+    assert merged["metric_notes"]["ssim_convention"] == whole["metric_notes"]["ssim_convention"]
+
+
+def test_pending_files_are_named_by_leaderboard_and_a_bad_one_is_one_line(rms, tmp_path, capsys):
+    store = tmp_path / "s" / "records.jsonl"
+    run(RunConfig(method="nearest", task="sr4", dataset="radiomapseer-dpm", data_root=str(rms), store=str(store),
+                  progress=False, examples=0, pending=True))
+    store.write_text("")
+    _run_cli(["leaderboard", "--store", str(store), "--out", str(tmp_path / "lb")])
+    assert "1 record file(s) of launched or sharded runs wait" in capsys.readouterr().err
+    (pending_dir(store) / "broken.json").write_text("{not json")
+    _run_cli(["results", "collect", "--store", str(store)], expect_exit=2)
+    err = capsys.readouterr().err.strip()
+    assert "broken.json is unreadable" in err and "remove it" in err and "\n" not in err
+    (pending_dir(store) / "broken.json").unlink()
+    _run_cli(["results", "collect", "--store", str(store)])
+    assert [r["method"] for r in read_records(store)] == ["nearest"]
+    _run_cli(["run", "-m", "nearest", "-t", "sr4", "--seed", "3", "--seeds", "0,1"], expect_exit=2)
+    assert "pass one of them" in capsys.readouterr().err
+
+
+def test_local_workers_each_see_one_gpu(monkeypatch):
+    import multiprocessing
+
+    from ckmbench.launch import pin_gpu
+
+    counter = multiprocessing.get_context("spawn").Value("i", 0)
+    seen = []
+    for _ in range(3):
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        pin_gpu(counter, ["2", "3"])
+        seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
+    assert seen == ["2", "3", "2"]

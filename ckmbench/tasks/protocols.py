@@ -124,13 +124,24 @@ CONVENTION_NOTES = {
 }
 
 
+def convention_values(task, pred, target, regions) -> dict[str, tuple[np.ndarray, str]]:
+    """{metric: (per-sample values, note)} of the metrics a protocol task scores its own way."""
+    return {name: (fn(pred, target, regions).double().numpy(), CONVENTION_NOTES.get(fn, fn.__doc__ or fn.__name__))
+            for name, fn in (getattr(task, "metric_conventions", None) or {}).items()}
+
+
+def use_conventions(summary: dict, notes: dict, values: dict[str, tuple[np.ndarray, str]]) -> None:
+    """Put the convention values' means in place of the built-in whole-map metrics (in place);
+    a sharded run's merge calls it on the values of all its shards."""
+    for name, (per_sample, note) in values.items():
+        finite = per_sample[np.isfinite(per_sample)]
+        summary[name] = float(finite.mean()) if finite.size else None
+        notes[f"{name}_convention"] = note
+
+
 def apply_conventions(task, summary: dict, notes: dict, pred, target, regions) -> None:
     """Replace the whole-map metrics a protocol task scores its own way (in place)."""
-    for name, fn in (getattr(task, "metric_conventions", None) or {}).items():
-        values = fn(pred, target, regions).double().numpy()
-        finite = values[np.isfinite(values)]
-        summary[name] = float(finite.mean()) if finite.size else None
-        notes[f"{name}_convention"] = CONVENTION_NOTES.get(fn, fn.__doc__ or fn.__name__)
+    use_conventions(summary, notes, convention_values(task, pred, target, regions))
 
 
 # ----------------------------------------------------------------------------- the task variants
