@@ -186,6 +186,19 @@ def test_loader_workers_read_the_on_disk_dataset(rms, tmp_path):
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+def test_a_split_reads_nothing(rms, monkeypatch):
+    """Taking a split of the on-disk dataset reads no row: its hash derives from the dataset's."""
+    from ckmbench.data.ondisk import RowFile
+
+    ds = _ondisk(rms)
+    reads = []
+    real = RowFile.read_run
+    monkeypatch.setattr(RowFile, "read_run", lambda self, *a: reads.append(a) or real(self, *a))
+    train, test = ds.split("train"), ds.split("test")
+    assert reads == [] and train.content_hash and train.content_hash != test.content_hash != ds.content_hash
+    assert _ondisk(rms).split("train").content_hash == train.content_hash
+
+
 def test_diskrows_indexing(rms):
     ds = _ondisk(rms)
     ram = load_radiomapseer(rms, progress=False)

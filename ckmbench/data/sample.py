@@ -142,9 +142,16 @@ class MapDataset(Sequence[Sample]):
             tx_index=self.tx_index[idx],
             pixel_m=self.pixel_m,
             splits=splits,
-            content_hash=self.content_hash if len(idx) == len(self) else "",
+            content_hash=self.content_hash if len(idx) == len(self) else self._subset_hash(idx),
             meta=dict(self.meta),
         )
+
+    def _subset_hash(self, idx: np.ndarray) -> str:
+        """"" (computed from the arrays) in memory; on disk, derived from this dataset's hash and
+        the indices -- it pins the content just as well, without reading the whole subset."""
+        if not isinstance(self.gain_db, DiskRows):
+            return ""
+        return hashlib.sha256(f"{self.content_hash}|subset|".encode() + idx.tobytes()).hexdigest()
 
     def split(self, name: str) -> "MapDataset":
         """The samples of the scenes in split ``name`` (train/val/test)."""
