@@ -476,13 +476,18 @@ def simulate(buildings, tx, out, pixel_m, tx_height, cars, frequency_ghz):
 
 
 @data.command()
-@click.option("--fit", is_flag=True, help="Refit the simulator's parameters on some transmitters, check on the rest.")
-@click.option("--figure", default=None, type=click.Path(), help="Write a real | simulated | error figure here.")
-def calibrate(fit, figure):
-    """Compare the built-in simulator with the real RadioMapSeer map-0 maps (outdoor RMSE in dB)."""
+@click.option("--folds", default=5, show_default=True, type=int, help="k of the k-fold cross-validation by layout.")
+@click.option("--maxiter", default=100, show_default=True, type=int, help="Objective evaluations per fit.")
+@click.option("--layouts", default=None, help="Comma-separated subset of map0,s00..s19 (default: all 21).")
+@click.option("--in-sample", is_flag=True, help="Only score the shipped defaults (fitted on all layouts: in-sample).")
+@click.option("--fit", is_flag=True, help="After the CV, fit on all layouts and print the constants.")
+@click.option("--figure", default=None, type=click.Path(), help="Write real | simulated | error of the 3 worst layouts here.")
+def calibrate(folds, maxiter, layouts, in_sample, fit, figure):
+    """Score the built-in simulator on 21 real RadioMapSeer layouts, k-fold cross-validated by layout."""
     from .sim import calibrate as cal
 
-    args = (["--fit"] if fit else []) + (["--figure", figure] if figure else [])
+    args = ["--folds", str(folds), "--maxiter", str(maxiter)] + (["--layouts", layouts] if layouts else [])
+    args += (["--in-sample"] if in_sample else []) + (["--fit"] if fit else []) + (["--figure", figure] if figure else [])
     cal.main(args)
 
 

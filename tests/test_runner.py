@@ -180,14 +180,14 @@ def test_config_is_written_before_the_run(tmp_path):
 
 
 def test_simulator_is_refused_on_its_own_data_and_marked_in_sample_on_its_calibration_map(tmp_path):
-    """radiomapseer-map0 holds the very maps (Tx 0, 10, 12) the simulator's parameters were fitted
-    to: its score there is in-sample (2.5 dB calibration RMSE), and the record says so."""
+    """radiomapseer-map0 holds maps the simulator's parameters were fitted to (with the 20 sample
+    layouts): its score there is in-sample, and the record says so."""
     with pytest.raises(CkmError, match="simulator.*generated it"):
         run(cfg(tmp_path, method="simulator", task="envgen-static"))
     rec = run(cfg(tmp_path, method="simulator", task="envgen-static", dataset="radiomapseer-map0"))
     assert rec["status"] == "done" and rec["metrics"]["rmse_gain_db@outdoor"] < 3.5
     note = rec["metric_notes"]["in_sample"]
-    assert note.startswith("in-sample") and "Tx 0, 10, 12" in note and "1, 11" in note
+    assert note.startswith("in-sample") and "map 0 and the 20 sample layouts" in note and "cross-validated" in note
     assert "in_sample" not in run(cfg(tmp_path, method="distance", task="envgen-static",
                                       dataset="radiomapseer-map0"))["metric_notes"]
 

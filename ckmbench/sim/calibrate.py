@@ -1,10 +1,14 @@
-"""Calibrate the dominant-path model against the real RadioMapSeer DPM samples of map 0.
+"""Calibrate the dominant-path model on real RadioMapSeer DPM maps of 21 city layouts.
 
-``calibration_report`` simulates the real layout for its five real transmitters and
-reports the outdoor RMSE (dB) per transmitter and overall; ``fit_params`` refits the
-DPMParams constants with scipy.optimize on some transmitters and checks the others.
+The layouts are map 0 (its shipped building raster, five transmitters) and the twenty
+gain-only samples ``s00``..``s19`` (buildings = the pixels at the -147 dB floor, Tx = the
+brightest pixel), all shipped in the package. Obstacles are the building mask a user has,
+never a raster derived from the truth. Generalisation is measured by k-fold
+cross-validation *by layout*: the constants are fitted on the other folds and each layout
+is scored only in the fold that left it out. The shipped defaults are then fitted on all
+layouts (so their own scores are in-sample and are labelled so).
 
-    python -m ckmbench.sim.calibrate [--fit] [--figure PATH]
+    python -m ckmbench.sim.calibrate [--folds K] [--in-sample] [--fit] [--figure PATH]
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import argparse
 import json
 import os
 import tempfile
-from dataclasses import asdict, replace
+import time
+from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -26,9 +31,18 @@ from .dpm import DPMParams, PreparedLayout, params_from_vector, params_to_vector
 from .scene import Scene
 
 REAL_TX = (0, 1, 10, 11, 12)
-FIT_TX = (0, 10, 12)  # fitted on these ...
-HELDOUT_TX = (1, 11)  # ... and checked on these
 G_MIN, G_MAX = -147.0, -47.0
+TX_HEIGHT_M = 1.5
+DEFAULT_FOLDS = 5
+FOLD_SEED = 0
+# the shipped datasets holding the calibration maps: the simulator is in-sample there
+CALIBRATION_DATASETS = ("radiomapseer-map0", "radiomapseer-samples")
+CV_RMS_DB = 2.97  # 5-fold CV outdoor RMSE of the shipped model, RMS over the 21 layouts (docs/simulator.md)
+# Every fit starts here, not from the shipped defaults, so the CV does not move when they do:
+# the constants of a first fit of this model (map-0 era knots, no wall transmission).
+FIT_START = DPMParams(exponent=2.5218, exponent_nlos=2.8291, roof_building_db=0.5, ref_offset_db=-0.8081,
+                      diffraction_db=(2.936, 6.236, 9.195, 12.371, 14.336, 14.797))
+PIXEL_STRIDE = 3  # the fit scores every 3rd pixel each way (a ninth): much faster, same optimum
 
 
 def asset_root() -> Path:
@@ -36,8 +50,22 @@ def asset_root() -> Path:
     return Path(str(resources.files("ckmbench") / "data" / "assets" / "radiomapseer-map0"))
 
 
+def samples_root() -> Path:
+    """Folder of the 20 shipped gain-only samples (one map each of 20 other layouts)."""
+    return Path(str(resources.files("ckmbench") / "data" / "assets" / "radiomapseer-samples"))
+
+
+def _gray_db(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise CkmError(f"calibration: missing {path}: reinstall ckmbench (the package data is missing)")
+    gray = np.array(Image.open(path))
+    if gray.shape != (256, 256) or gray.dtype != np.uint8:
+        raise CkmError(f"calibration: {path} is {gray.dtype} {gray.shape}: expected a 256x256 8-bit gray PNG")
+    return gray
+
+
 def load_map0(root: Path | None = None) -> dict:
-    """Buildings, transmitters and real DPM gain (dB) of RadioMapSeer map 0."""
+    """Buildings (the shipped raster), transmitters and real DPM gain (dB) of map 0."""
     root = Path(root) if root else asset_root()
     bpath = root / "png" / "buildings_complete" / "0.png"
     if not bpath.exists():
@@ -47,136 +75,218 @@ def load_map0(root: Path | None = None) -> dict:
     txs, gains = [], []
     for t in REAL_TX:
         x, y = ants[t]
-        txs.append((255 - int(y), int(x), 1.5))
-        gray = np.array(Image.open(root / "gain" / "DPM" / f"0_{t}.png")).astype(np.float32)
-        gains.append(G_MIN + gray / 255.0 * (G_MAX - G_MIN))
+        txs.append((255 - int(y), int(x), TX_HEIGHT_M))
+        gains.append(G_MIN + _gray_db(root / "gain" / "DPM" / f"0_{t}.png").astype(np.float32) / 255.0 * (G_MAX - G_MIN))
     gain = np.stack(gains)
-    # The footprint WinProp actually used: pixels at the floor in every real map. It lies
-    # inside the shipped raster, which is one pixel wider along the edges and closes some
-    # narrow passages, so it is the obstacle raster; scores use the shipped raster.
+    # pixels at the floor in every real map: WinProp's own footprint, derived from the
+    # truth, so it is never an obstacle here (kept for the conventions test only)
     footprint = (gain <= G_MIN + 1e-3).all(0) & buildings
     return {"buildings": buildings, "footprint": footprint, "txs": txs, "gain_db": gain, "tx_ids": list(REAL_TX)}
 
 
-def map0_scene(data: dict | None = None) -> Scene:
-    data = data or load_map0()
-    return Scene(buildings=data["footprint"], tx=data["txs"][0], pixel_m=1.0, scene_id="radiomapseer-0")
+@dataclass
+class RealLayout:
+    """One real layout: the user's building mask, its transmitters and the real maps (dB)."""
+
+    name: str
+    buildings: np.ndarray  # (H, W) bool
+    txs: list  # [(row, col, height m)]
+    gain_db: np.ndarray  # (T, H, W)
+
+
+def load_layouts(names=None, root0: Path | None = None, root_samples: Path | None = None) -> list[RealLayout]:
+    """map 0 and the samples s00..s19 (or the ``names`` among them), in that order."""
+    m0 = load_map0(root0)
+    out = [RealLayout("map0", m0["buildings"], m0["txs"], m0["gain_db"])]
+    folder = (Path(root_samples) if root_samples else samples_root()) / "gain" / "DPM"
+    files = sorted(folder.glob("s[0-9][0-9].png"))
+    if not files:
+        raise CkmError(f"calibration: no sNN.png maps in {folder}: reinstall ckmbench (the package data is missing)")
+    for f in files:
+        gray = _gray_db(f)
+        r, c = np.unravel_index(int(np.argmax(gray)), gray.shape)
+        gain = (G_MIN + gray.astype(np.float32) / 255.0 * (G_MAX - G_MIN))[None]
+        out.append(RealLayout(f.stem, gray == 0, [(int(r), int(c), TX_HEIGHT_M)], gain))
+    if names:
+        known = {l.name: l for l in out}
+        bad = [n for n in names if n not in known]
+        if bad:
+            raise CkmError(f"calibration: unknown layout(s) {', '.join(bad)}: choose among {', '.join(known)}")
+        out = [known[n] for n in names]
+    return out
+
+
+def layout_folds(names: list[str], k: int, seed: int = FOLD_SEED) -> dict[str, int]:
+    """Layout -> fold in 0..k-1: a seeded shuffle dealt round-robin, so every layout is in
+    exactly one test fold and folds differ in size by at most one."""
+    if not 2 <= k <= len(names):
+        raise CkmError(f"calibration: --folds must be 2..{len(names)} (one layout per fold at most), got {k}")
+    order = np.random.default_rng(seed).permutation(sorted(names))
+    return {str(n): i % k for i, n in enumerate(order)}
 
 
 class Calibrator:
-    """Holds the parameter-free geometry of map 0 so parameters can be re-scored fast."""
+    """Parameter-free geometry of every layout, prepared once so parameters re-score fast."""
 
-    def __init__(self, data: dict | None = None):
-        self.data = data or load_map0()
-        self.layout = PreparedLayout(map0_scene(self.data))
-        self.geo = [self.layout.tx_paths(tx) for tx in self.data["txs"]]
-        self.outdoor = ~self.data["buildings"]
+    def __init__(self, layouts: list[RealLayout] | None = None, progress: bool = False):
+        self.layouts = layouts if layouts is not None else load_layouts()
+        self.prepared, self.geo, self.outdoor = [], [], []
+        for lay in self.layouts:
+            t0 = time.perf_counter()
+            prep = PreparedLayout(Scene(buildings=lay.buildings, tx=lay.txs[0], pixel_m=1.0, scene_id=lay.name))
+            self.prepared.append(prep)
+            self.geo.append([prep.tx_paths(tx) for tx in lay.txs])
+            self.outdoor.append(~lay.buildings)
+            if progress:
+                print(f"  prepared {lay.name}: {len(prep.corners)} corners in {time.perf_counter() - t0:.1f} s", flush=True)
+        self._fast = None
 
-    def simulate(self, params: DPMParams) -> np.ndarray:
-        return np.stack([self.layout.gain(g, params) for g in self.geo])
+    @property
+    def names(self) -> list[str]:
+        return [lay.name for lay in self.layouts]
 
-    def errors(self, params: DPMParams, sim: np.ndarray | None = None) -> dict[int, float]:
-        sim = self.simulate(params) if sim is None else sim
-        out = {}
-        for i, t in enumerate(self.data["tx_ids"]):
-            e = (sim[i] - self.data["gain_db"][i])[self.outdoor]
-            out[t] = float(np.sqrt(np.mean(e * e)))
-        return out
+    def simulate(self, params: DPMParams, i: int) -> np.ndarray:
+        """(T, H, W) simulated gain of layout i."""
+        return np.stack([self.prepared[i].gain(g, params) for g in self.geo[i]])
+
+    def layout_errors(self, params: DPMParams, which=None) -> list[dict]:
+        """Per layout: outdoor pixels (all its maps), RMSE and mean error (sim - real, dB)."""
+        rows = []
+        for i in (range(len(self.layouts)) if which is None else which):
+            e = (self.simulate(params, i) - self.layouts[i].gain_db)[:, self.outdoor[i]]
+            rows.append({"layout": self.layouts[i].name, "n": int(e.size),
+                         "rmse": float(np.sqrt(np.mean(e * e))), "mean": float(e.mean())})
+        return rows
+
+    def fast_layouts(self) -> list[PreparedLayout]:
+        """Views of the layouts whose diffracted paths reach only the scored pixel subset."""
+        if self._fast is None:
+            self._fast = [p.restricted(self._score_mask(i)) for i, p in enumerate(self.prepared)]
+        return self._fast
+
+    def _score_mask(self, i: int) -> np.ndarray:
+        m = np.zeros_like(self.outdoor[i])
+        m[::PIXEL_STRIDE, ::PIXEL_STRIDE] = True
+        return m & self.outdoor[i]
+
+    def fit_mse(self, params: DPMParams, which) -> float:
+        """Mean over layouts of the outdoor MSE on the pixel subset (the fit's objective):
+        every layout weighs the same, as in the RMS over layouts that is reported."""
+        fast = self.fast_layouts()
+        total = 0.0
+        for i in which:
+            m = self._score_mask(i)
+            e = np.stack([fast[i].gain(g, params) for g in self.geo[i]])[:, m] - self.layouts[i].gain_db[:, m]
+            total += float(np.mean(e * e))
+        return total / len(which)
 
 
-def _rmse(per_tx: dict[int, float], ids) -> float:
-    return float(np.sqrt(np.mean([per_tx[t] ** 2 for t in ids])))
-
-
-def calibration_report(params: DPMParams | None = None, calibrator: Calibrator | None = None) -> dict:
-    """Outdoor RMSE (dB) per real transmitter, on the fit and held-out sets, and overall."""
-    params = params or DPMParams()
-    cal = calibrator or Calibrator()
-    sim = cal.simulate(params)
-    per_tx = cal.errors(params, sim)
-    return {
-        "per_tx": per_tx,
-        "fit_tx": list(FIT_TX),
-        "heldout_tx": list(HELDOUT_TX),
-        "rmse_fit": _rmse(per_tx, FIT_TX),
-        "rmse_heldout": _rmse(per_tx, HELDOUT_TX),
-        "rmse_overall": _rmse(per_tx, REAL_TX),
-        "params": asdict(params),
-        "simulated": sim,
-        "real": cal.data["gain_db"],
-        "buildings": cal.data["buildings"],
-        "txs": cal.data["txs"],
-    }
-
-
-def fit_los_law(calibrator: Calibrator, fit_tx=FIT_TX, min_m: float = 3.0) -> tuple[float, float]:
+def fit_los_law(cal: Calibrator, which=None, min_m: float = 3.0) -> tuple[float, float]:
     """(exponent, ref_offset_db) by least squares of gain on log10(d) over line-of-sight pixels."""
-    cal = calibrator
     xs, ys = [], []
-    for t in fit_tx:
-        i = cal.data["tx_ids"].index(t)
-        geo = cal.geo[i]
-        los = ~geo["prof"].blocked & cal.outdoor & (geo["d"] >= min_m)
-        xs.append(np.log10(geo["d"][los]))
-        ys.append(cal.data["gain_db"][i][los])
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    slope, icpt = np.polyfit(x, y, 1)
-    return float(-slope / 10.0), float(-icpt - reference_loss_db(cal.layout.frequency_hz))
+    for i in (range(len(cal.layouts)) if which is None else which):
+        for t, geo in enumerate(cal.geo[i]):
+            los = ~geo["prof"].blocked & cal.outdoor[i] & (geo["d"] >= min_m)
+            xs.append(np.log10(geo["d"][los]))
+            ys.append(cal.layouts[i].gain_db[t][los])
+    slope, icpt = np.polyfit(np.concatenate(xs), np.concatenate(ys), 1)
+    return float(-slope / 10.0), float(-icpt - reference_loss_db(cal.prepared[0].frequency_hz))
 
 
-def fit_params(start: DPMParams | None = None, calibrator: Calibrator | None = None,
-               fit_tx=FIT_TX, maxiter: int = 300) -> DPMParams:
-    """Refit DPMParams on ``fit_tx``: the LoS law in closed form on the line-of-sight pixels,
-    then the NLoS constants (exponent_nlos, diffraction knots, wall and per-metre losses) by
-    Nelder-Mead on the outdoor MSE. Search-shape settings (interactions) stay as given."""
-    start = start or DPMParams()
-    cal = calibrator or Calibrator()
-    n_exp, offset = fit_los_law(cal, fit_tx)
+def fit_params(start: DPMParams | None = None, cal: Calibrator | None = None, which=None,
+               maxiter: int = 100) -> DPMParams:
+    """Fit DPMParams on the layouts ``which``: the LoS law in closed form on their
+    line-of-sight pixels, then exponent_nlos, the interaction-loss knots (kept monotone)
+    and the rooftop loss per extra building by Nelder-Mead on the mean outdoor MSE. Search
+    settings (interactions) stay as given."""
+    start = start or FIT_START
+    cal = cal or Calibrator()
+    which = list(range(len(cal.layouts))) if which is None else list(which)
+    n_exp, offset = fit_los_law(cal, which)
     start = replace(start, exponent=n_exp, ref_offset_db=offset)
-    idx = [cal.data["tx_ids"].index(t) for t in fit_tx]
     x0 = params_to_vector(start)
-
-    def full(z):
-        return np.concatenate([x0[:2], z])
+    z0 = x0[2:]
 
     def objective(z):
-        p = params_from_vector(full(z), start)
-        se = 0.0
-        for i in idx:
-            e = (cal.layout.gain(cal.geo[i], p) - cal.data["gain_db"][i])[cal.outdoor]
-            se += float(np.mean(e * e))
-        return se / len(idx)
+        return cal.fit_mse(params_from_vector(np.concatenate([x0[:2], z]), start), which)
 
-    z0 = x0[2:]
-    simplex = [z0] + [z0 + np.eye(len(z0))[k] * max(0.05 * abs(z0[k]), 0.05) for k in range(len(z0))]
+    simplex = [z0] + [z0 + np.eye(len(z0))[k] * max(0.1 * abs(z0[k]), 0.3) for k in range(len(z0))]
     res = minimize(objective, z0, method="Nelder-Mead",
-                   options={"maxiter": maxiter, "xatol": 1e-3, "fatol": 1e-3, "initial_simplex": np.array(simplex)})
-    return params_from_vector(full(res.x), start)
+                   options={"maxfev": maxiter, "xatol": 1e-2, "fatol": 1e-3, "initial_simplex": np.array(simplex)})
+    return params_from_vector(np.concatenate([x0[:2], res.x]), start)
 
 
-def save_figure(report: dict, path: str | os.PathLike) -> None:
-    """real | simulated | error for each transmitter, written atomically."""
+def summarize(rows: list[dict]) -> dict:
+    """RMS over layouts (each layout one number), median, 90th percentile and max."""
+    r = np.array([row["rmse"] for row in rows])
+    return {"rms": float(np.sqrt(np.mean(r * r))), "median": float(np.median(r)),
+            "p90": float(np.percentile(r, 90)), "max": float(r.max()), "n_layouts": len(r)}
+
+
+def cross_validate(cal: Calibrator, k: int = DEFAULT_FOLDS, start: DPMParams | None = None,
+                   maxiter: int = 100, log=print) -> dict:
+    """k-fold CV by layout: each fold's layouts scored (all pixels) with the constants fitted
+    on the other folds. Returns the per-layout rows (with their fold) and the summary."""
+    folds = layout_folds(cal.names, k)
+    rows, fitted = [], []
+    for f in range(k):
+        test = [i for i, n in enumerate(cal.names) if folds[n] == f]
+        train = [i for i, n in enumerate(cal.names) if folds[n] != f]
+        t0 = time.perf_counter()
+        p = fit_params(start, cal, train, maxiter)
+        fitted.append(p)
+        for row in cal.layout_errors(p, test):
+            rows.append({**row, "fold": f})
+        log(f"  fold {f}: fitted on {len(train)} layouts in {time.perf_counter() - t0:.0f} s, "
+            f"held out {', '.join(cal.names[i] for i in test)}")
+    order = {n: i for i, n in enumerate(cal.names)}
+    rows.sort(key=lambda r: order[r["layout"]])
+    return {"rows": rows, "summary": summarize(rows), "folds": k, "fold_params": [asdict(p) for p in fitted]}
+
+
+def format_table(rows: list[dict], title: str) -> str:
+    lines = [title, f"{'layout':8s} {'n pixels':>9s} {'RMSE dB':>8s} {'mean dB':>8s} {'fold':>5s}"]
+    for r in rows:
+        fold = str(r["fold"]) if "fold" in r else "-"
+        lines.append(f"{r['layout']:8s} {r['n']:9d} {r['rmse']:8.2f} {r['mean']:8.2f} {fold:>5s}")
+    s = summarize(rows)
+    lines.append(f"RMS over {s['n_layouts']} layouts {s['rms']:.2f} dB  median {s['median']:.2f}  "
+                 f"p90 {s['p90']:.2f}  max {s['max']:.2f}")
+    return "\n".join(lines)
+
+
+def worst_rows(rows: list[dict], n: int = 3) -> list[dict]:
+    return sorted(rows, key=lambda r: -r["rmse"])[:n]
+
+
+def save_figure(cal: Calibrator, parts: list[tuple[dict, DPMParams, str]], path: str | os.PathLike) -> None:
+    """real | simulated | error, one row per (table row, constants, label), written
+    atomically; for map 0 the row shows its worst transmitter."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = len(report["per_tx"])
-    fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n))
-    outdoor = ~report["buildings"]
-    for i, t in enumerate(report["per_tx"]):
-        real, sim = report["real"][i], report["simulated"][i]
-        err = np.where(outdoor, sim - real, np.nan)
+    fig, axes = plt.subplots(len(parts), 3, figsize=(9, 3 * len(parts)), squeeze=False)
+    for k, (row, params, label) in enumerate(parts):
+        i = cal.names.index(row["layout"])
+        lay = cal.layouts[i]
+        sims = cal.simulate(params, i)
+        t = int(np.argmax([np.sqrt(np.mean((s - g)[~lay.buildings] ** 2)) for s, g in zip(sims, lay.gain_db)]))
+        real, sim = lay.gain_db[t], sims[t]
+        err = np.where(lay.buildings, np.nan, sim - real)
         for ax, img, title, kw in (
-            (axes[i, 0], real, f"real DPM tx {t}", dict(vmin=G_MIN, vmax=G_MAX, cmap="viridis")),
-            (axes[i, 1], sim, "simulated", dict(vmin=G_MIN, vmax=G_MAX, cmap="viridis")),
-            (axes[i, 2], err, f"error, RMSE {report['per_tx'][t]:.2f} dB", dict(vmin=-15, vmax=15, cmap="RdBu_r")),
+            (axes[k, 0], real, f"real DPM {lay.name}" + (f" tx {REAL_TX[t]}" if lay.name == "map0" else ""),
+             dict(vmin=G_MIN, vmax=G_MAX, cmap="viridis")),
+            (axes[k, 1], sim, f"simulated ({label})", dict(vmin=G_MIN, vmax=G_MAX, cmap="viridis")),
+            (axes[k, 2], err, f"error: RMSE {row['rmse']:.2f} dB, mean {row['mean']:+.2f}",
+             dict(vmin=-15, vmax=15, cmap="RdBu_r")),
         ):
             im = ax.imshow(img, **kw)
-            ax.plot(report["txs"][i][1], report["txs"][i][0], "r+", ms=8)
+            ax.plot(lay.txs[t][1], lay.txs[t][0], "r+", ms=8)
             ax.set_title(title, fontsize=9)
             ax.set_xticks([]); ax.set_yticks([])
-        if i == 0:
-            fig.colorbar(im, ax=axes[i, 2], fraction=0.046)
+        if k == 0:
+            fig.colorbar(im, ax=axes[k, 2], fraction=0.046)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -192,23 +302,41 @@ def save_figure(report: dict, path: str | os.PathLike) -> None:
             os.remove(tmp)
 
 
+def _params(d: dict) -> DPMParams:
+    return DPMParams(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ckmbench.sim.calibrate", description=__doc__.splitlines()[0])
-    ap.add_argument("--fit", action="store_true", help=f"refit DPMParams on tx {FIT_TX}, check on {HELDOUT_TX}")
-    ap.add_argument("--figure", help="write real | simulated | error figure to this PNG")
+    ap.add_argument("--folds", type=int, default=DEFAULT_FOLDS, help="k of the k-fold cross-validation by layout")
+    ap.add_argument("--maxiter", type=int, default=100, help="objective evaluations per fit")
+    ap.add_argument("--layouts", help="comma-separated subset of map0,s00..s19 (default: all 21)")
+    ap.add_argument("--in-sample", action="store_true",
+                    help="only score the shipped defaults (fitted on all layouts: not a generalisation figure)")
+    ap.add_argument("--fit", action="store_true", help="after the CV, fit on all layouts and print the constants")
+    ap.add_argument("--figure", help="write real | simulated | error of the three worst layouts to this PNG")
     args = ap.parse_args(argv)
-    cal = Calibrator()
+    names = [n.strip() for n in args.layouts.split(",") if n.strip()] if args.layouts else None
+    cal = Calibrator(load_layouts(names))
     params = DPMParams()
-    if args.fit:
-        params = fit_params(params, cal)
-        print("fitted:", params)
-    rep = calibration_report(params, cal)
-    for t, v in rep["per_tx"].items():
-        tag = "fit" if t in FIT_TX else "held-out"
-        print(f"tx {t:3d} ({tag:8s}) outdoor RMSE {v:6.2f} dB")
-    print(f"fit {rep['rmse_fit']:.2f} dB  held-out {rep['rmse_heldout']:.2f} dB  overall {rep['rmse_overall']:.2f} dB")
+    if args.in_sample:
+        rows = cal.layout_errors(params)
+        print(format_table(rows, "shipped defaults, IN-SAMPLE (fitted on these layouts; not a generalisation figure)"))
+        parts = [(r, params, "shipped defaults, in-sample") for r in worst_rows(rows)]
+    else:
+        cv = cross_validate(cal, args.folds, FIT_START, args.maxiter)
+        rows = cv["rows"]
+        print(format_table(rows, f"{args.folds}-fold cross-validation by layout: each layout scored by the fit "
+                                 "that did not see it"))
+        s = cv["summary"]
+        print(f"CV outdoor RMSE: RMS over layouts {s['rms']:.2f} dB, max {s['max']:.2f} dB")
+        parts = [(r, _params(cv["fold_params"][r["fold"]]), f"fold {r['fold']} fit, held out")
+                 for r in worst_rows(rows)]
+        if args.fit:
+            params = fit_params(FIT_START, cal, None, args.maxiter)
+            print("fitted on all layouts (write these into DPMParams):", params)
     if args.figure:
-        save_figure(rep, args.figure)
+        save_figure(cal, parts, args.figure)
         print("figure:", args.figure)
     return 0
 

@@ -1,12 +1,16 @@
 """Fast dominant-path propagation model (in the spirit of WinProp's DPM) on a 2-D raster.
 
-Buildings are taller than the antennas, so propagation happens in the horizontal plane.
-For every pixel the model keeps the strongest of
+Buildings (one height, taller than the antennas) make propagation mostly horizontal. For
+every pixel the model keeps the strongest of
 
-* the *direct* path: the straight line from the Tx, with the log-distance LoS law plus a
-  loss per wall crossed and per metre inside buildings (zero of both = line of sight);
+* the *direct* path: the straight line from the Tx with the log-distance LoS law, if no
+  building is on it (the real DPM maps predict no transmission through buildings);
+* the *rooftop* path in the vertical plane of that line when it is blocked: up to the
+  roof edge of the first building, level over the roofs, down from the last building's
+  edge, with the same angle-dependent interaction loss at the two edges (heights from the
+  scene) and a small loss per further building passed over;
 * *diffracted* paths around convex building corners with up to ``max_interactions``
-  corners: the LoS law of the total unfolded path length plus an angle-dependent loss per
+  corners: the NLoS law of the total unfolded path length plus an angle-dependent loss per
   corner (piecewise linear in the deviation angle, 0 dB when the path goes straight on,
   which gives the soft shadow edges of the real DPM maps).
 
@@ -23,12 +27,12 @@ layout (corners, corner-corner and corner-pixel visibility) is computed once by
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy.ndimage import map_coordinates
 from skimage.measure import approximate_polygon, find_contours
 
 from ..errors import CkmError
@@ -37,23 +41,31 @@ from .scene import Scene
 C_LIGHT = 299_792_458.0
 # Bumped whenever the same inputs give different maps (part of the dataset cache key).
 # 2: stable sorts, so equally scored paths are picked alike on every numpy and CPU.
-MODEL_VERSION = "2"
+# 3: rooftop path instead of wall transmission, corners along curved walls, one-pixel
+#    grazing tolerance, constants fitted on 21 real layouts.
+MODEL_VERSION = "3"
 FLOOR_DB = -147.0
+# a line that cuts less than this much building (pixels) still counts as clear: the masks
+# are accurate to about a pixel (map 0's raster is one pixel wider than WinProp's footprint)
+GRAZE_PX = 1.0
+MIN_TURN_DEG = 20.0  # a bend of at least this much is a corner (one vertex, or summed along a curve)
 CEIL_DB = -47.0
 
 
 @dataclass(frozen=True)
 class DPMParams:
-    """Model constants; the defaults are calibrated on the real RadioMapSeer map 0."""
+    """Model constants; the defaults are fitted on all 21 real RadioMapSeer layouts of
+    ``ckmbench.sim.calibrate`` after 5-fold cross-validation by layout measured how they
+    generalise (docs/simulator.md)."""
 
-    exponent: float = 2.5402  # log-distance exponent of the direct path (free space = 2)
-    exponent_nlos: float = 2.8814  # exponent of the total unfolded length of diffracted paths
-    ref_offset_db: float = -1.1148  # added to the free-space loss at 1 m (47.9 dB at 5.9 GHz)
+    exponent: float = 2.5270  # log-distance exponent of the direct path (free space = 2)
+    exponent_nlos: float = 2.8617  # exponent of the total unfolded length of rooftop and diffracted paths
+    roof_building_db: float = 0.7622  # per building the rooftop path crosses after the first
+    ref_offset_db: float = -0.8429  # added to the free-space loss at 1 m (47.9 dB at 5.9 GHz)
     diffraction_deg: tuple[float, ...] = (10.0, 25.0, 45.0, 70.0, 90.0, 180.0)  # knots after 0 deg
-    diffraction_db: tuple[float, ...] = (3.078, 5.071, 8.226, 13.001, 15.510, 15.711)  # loss at the knots (0 dB at 0 deg)
-    wall_loss_db: float = 0.217  # per wall crossed by the direct path
-    penetration_db_per_m: float = 2.308  # per metre inside buildings on the direct path
+    diffraction_db: tuple[float, ...] = (3.3274, 5.6495, 8.5635, 11.9752, 13.0476, 13.3177)  # loss at the knots (0 dB at 0 deg)
     car_loss_db: float = 4.0  # per car a path segment enters
+    rooftop: bool = True  # also the vertical-plane path over the roofs
     max_interactions: int = 4  # corners per diffracted path
     arrivals_per_corner: int = 2  # best partial paths kept at each corner (tree-search width)
     min_distance_m: float = 1.0  # distances are clamped below to this
@@ -114,8 +126,6 @@ class PolarTables:
         di = np.rint(np.sin(theta)[:, None] * r[None, :]).astype(np.int64)
         dj = np.rint(np.cos(theta)[:, None] * r[None, :]).astype(np.int64)
         self.gather = (di * self.wp + dj).astype(np.int64)
-        self.fdi = (np.sin(theta)[:, None] * r[None, :]).astype(np.float32)  # exact ray points
-        self.fdj = (np.cos(theta)[:, None] * r[None, :]).astype(np.float32)
         oi, oj = np.meshgrid(np.arange(-(h - 1), h), np.arange(-(w - 1), w), indexing="ij")
         rr = np.hypot(oi, oj)
         k = np.rint(np.arctan2(oi, oj) / (2.0 * math.pi) * self.n_theta).astype(np.int64) % self.n_theta
@@ -155,10 +165,11 @@ def _entries(x: np.ndarray) -> np.ndarray:
 class RayProfile:
     """What lies on the straight line from one source to every pixel (H, W arrays)."""
 
-    blocked: np.ndarray  # bool: a building is crossed
-    walls: np.ndarray | None  # int: building entries (walls crossed / 2)
-    inside_px: np.ndarray | None  # float: pixels of path inside buildings
+    blocked: np.ndarray  # bool: the line cuts more than GRAZE_PX of building
     cars: np.ndarray | None  # int: cars entered
+    to_first_px: np.ndarray | None = None  # float: source -> first building wall on the line
+    buildings: np.ndarray | None = None  # int: buildings the line crosses
+    from_last_px: np.ndarray | None = None  # float: last building wall -> pixel
 
 
 # ----------------------------------------------------------------------------------------
@@ -184,12 +195,77 @@ def _merge_short_edges(pts: np.ndarray, min_len: float = 1.0) -> np.ndarray:
     return new[keep]
 
 
+def _corner_vertices(pts: np.ndarray) -> list[tuple[int, int]]:
+    """(first, last) vertex indices of the polygon's convex corners.
+
+    A vertex turning by ``MIN_TURN_DEG`` or more towards the building is a corner
+    (first == last). Along a curved or many-faceted wall each vertex turns less, so the
+    convex turning of such runs is summed (concave turns subtract, so a jagged straight wall
+    sums to nothing) and the run from its first bending vertex to the one where the sum
+    reaches ``MIN_TURN_DEG`` is one corner: a long arc gets a corner every ``MIN_TURN_DEG``
+    of bend instead of none.
+    """
+    n = len(pts)
+    ua = pts - np.roll(pts, 1, axis=0)
+    ub = np.roll(pts, -1, axis=0) - pts
+    # find_contours(positive_orientation="low") walks with free space on one fixed side,
+    # so a convex bend of the building is a negative cross product in (row, col)
+    turn = -np.arctan2(ua[:, 0] * ub[:, 1] - ua[:, 1] * ub[:, 0], (ua * ub).sum(axis=1))
+    lim = math.radians(MIN_TURN_DEG)
+    big = np.flatnonzero(np.abs(turn) >= lim)
+    start = int(big[0]) if len(big) else 0
+    out, acc, first = [], 0.0, -1
+    for k in range(n):
+        i = (start + k) % n
+        if abs(turn[i]) >= lim:
+            acc, first = 0.0, -1
+            if turn[i] > 0:
+                out.append((i, i))
+            continue
+        acc = max(acc + float(turn[i]), 0.0)
+        if acc == 0.0:
+            first = -1
+        elif first < 0:
+            first = i
+        if acc >= lim:
+            out.append((first, i))
+            acc, first = 0.0, -1
+    return out
+
+
+def _corner_point(pts: np.ndarray, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+    """Apex and outward unit direction of the corner made by vertices first..last.
+
+    One vertex: the vertex itself. A bent run: the meeting point of the facet entering the
+    run and the facet leaving it (the vertex of the circumscribed coarse polygon), so the
+    line between two successive corners of an arc runs along a facet outside the wall,
+    and successive corners see each other.
+    """
+    n = len(pts)
+    a, b = pts[first - 1], pts[(last + 1) % n]
+    da = pts[first] - a
+    db = b - pts[last]
+    da_u, db_u = da / np.linalg.norm(da), db / np.linalg.norm(db)
+    out_dir = da_u - db_u  # away from the building at a convex bend
+    if np.linalg.norm(out_dir) < 1e-6:
+        out_dir = np.array([da_u[1], -da_u[0]])
+    out_dir = out_dir / np.linalg.norm(out_dir)
+    if first == last:
+        return pts[first], out_dir
+    m = np.array([da, -db]).T
+    if abs(np.linalg.det(m)) < 1e-9:
+        return pts[(first + last) // 2 if last >= first else first], out_dir
+    t = np.linalg.solve(m, pts[last] - pts[first])[0]
+    return pts[first] + t * da, out_dir
+
+
 def convex_corners(buildings: np.ndarray, tolerance: float = 0.8) -> np.ndarray:
     """(K, 2) integer pixels just outside the convex corners of the building raster.
 
     Corners come from the raster itself (contours simplified by Douglas-Peucker), so they
-    agree with the obstacles used for visibility, for procedural and real layouts alike.
-    Corners of buildings cut by the map border are dropped.
+    agree with the obstacles used for visibility, for procedural and real layouts alike;
+    curved and many-faceted walls get corners where their summed bend is large enough
+    (:func:`_corner_vertices`). Corners of buildings cut by the map border are dropped.
     """
     h, w = buildings.shape
     padded = np.pad(buildings.astype(np.float32), 1)
@@ -200,26 +276,19 @@ def convex_corners(buildings: np.ndarray, tolerance: float = 0.8) -> np.ndarray:
         if len(pts) < 3:
             continue
         pts = approximate_polygon(np.vstack([pts, pts[:1]]), tolerance)[:-1]
-        n = len(pts)
-        if n < 3:
+        pts = pts[np.linalg.norm(pts - np.roll(pts, 1, axis=0), axis=1) > 1e-6]
+        if len(pts) < 3:
             continue
-        for i in range(n):
-            v, a, b = pts[i], pts[i - 1], pts[(i + 1) % n]
-            ua, ub = a - v, b - v
-            na, nb = np.linalg.norm(ua), np.linalg.norm(ub)
-            if na < 1e-6 or nb < 1e-6:
-                continue
-            if np.dot(ua / na, ub / nb) < -0.94:
-                continue  # (nearly) straight continuation, not a corner
-            bis = ua / na + ub / nb
-            bis /= np.linalg.norm(bis)
-            probe = np.rint(v + 0.75 * bis).astype(int)
+        for first, last in _corner_vertices(pts):
+            v, out_dir = _corner_point(pts, first, last)
+            probe = np.rint(pts[last] - 0.75 * out_dir).astype(int)
             if not (0 <= probe[0] < h and 0 <= probe[1] < w) or not buildings[probe[0], probe[1]]:
-                continue  # concave corner (the angle between the edges is free space)
+                continue  # the bend's inside is not building here (concave on the raster)
             if v[0] < 0.0 or v[1] < 0.0 or v[0] > h - 1.0 or v[1] > w - 1.0:
                 continue  # building cut by the map border
-            for step in (0.75, 1.25, 1.75, 2.25):
-                p = np.rint(v - step * bis).astype(int)
+            steps = (0.75, 1.25, 1.75, 2.25) if first == last else (1.5, 2.0, 2.5, 3.0)
+            for step in steps:
+                p = np.rint(v + step * out_dir).astype(int)
                 if 0 <= p[0] < h and 0 <= p[1] < w and not buildings[p[0], p[1]]:
                     out.add((int(p[0]), int(p[1])))
                     break
@@ -247,8 +316,8 @@ class PreparedLayout:
             raise CkmError(f"scene pixel_m must be > 0, got {scene.pixel_m}")
         self.frequency_hz = float(scene.frequency_hz)
         self.dh_m = float(scene.rx_height_m)
+        self.building_h_m = float(scene.building_height_m)
         self.buildings = b
-        self.buildings_f = b.astype(np.float32)
         self.cars = np.asarray(scene.cars, bool) & ~b
         self.has_cars = bool(self.cars.any())
         if tables is None or (tables.h, tables.w) != b.shape:
@@ -261,25 +330,35 @@ class PreparedLayout:
 
     # -- rays ----------------------------------------------------------------------------
     def ray_profile(self, r: int, c: int, full: bool) -> RayProfile:
-        """Occlusion (and walls/inside length/cars when ``full``) along rays from (r, c)."""
+        """Occlusion and cars entered (and the wall distances when ``full``) along rays from (r, c)."""
         t = self.t
         codes = self.codes[t.base(r, c) + t.gather]
         bld = (codes & 1).astype(bool)
         idx = t.window(t.back, r, c)
         valid = t.window(t.back_valid, r, c)
-        blocked = np.logical_or.accumulate(bld, axis=1).ravel()[idx] & valid
-        walls = inside = cars = None
-        if full:
-            walls = np.cumsum(_entries(bld), axis=1, dtype=np.int16).ravel()[idx] * valid
-            # length inside buildings from bilinear occupancy at the exact ray points: it
-            # varies smoothly with the ray, so Tx->Rx and Rx->Tx agree (reciprocity)
-            occ = map_coordinates(self.buildings_f, [t.fdi + np.float32(r), t.fdj + np.float32(c)],
-                                  order=1, mode="constant", cval=0.0, prefilter=False)
-            inside = np.cumsum(occ, axis=1, dtype=np.float32).ravel()[idx] * valid * np.float32(t.dr)
+        cut = np.cumsum(bld, axis=1, dtype=np.float32).ravel()[idx] * np.float32(t.dr)  # building on the line
+        blocked = (cut > np.float32(GRAZE_PX)) & valid
+        cars = None
         if self.has_cars:
             car = (codes & 2).astype(bool)
             cars = np.cumsum(_entries(car), axis=1, dtype=np.int16).ravel()[idx] * valid
-        return RayProfile(blocked, walls, inside, cars)
+        prof = RayProfile(blocked, cars)
+        if full:
+            prof.to_first_px, prof.from_last_px = self._wall_distances(bld, idx, r, c)
+            prof.buildings = np.cumsum(_entries(bld), axis=1, dtype=np.int16).ravel()[idx] * valid
+        return prof
+
+    def _wall_distances(self, bld: np.ndarray, idx: np.ndarray, r: int, c: int):
+        """Along each line: distance to the first building sample, and from the last one
+        before the pixel to the pixel (only meaningful where the line is blocked)."""
+        t = self.t
+        n_r = bld.shape[1]
+        first = np.where(bld.any(axis=1), bld.argmax(axis=1), n_r).astype(np.float32)
+        ridx = np.arange(n_r, dtype=np.int32)
+        last = np.maximum.accumulate(np.where(bld, ridx[None, :], -1), axis=1).ravel()[idx]
+        to_first = (first[idx // t.n_r] + np.float32(0.5)) * np.float32(t.dr)
+        from_last = t.window(t.dist_px, r, c) - (last + 1).astype(np.float32) * np.float32(t.dr)
+        return to_first, np.maximum(from_last, np.float32(0.5))
 
     def _corner_visibility(self) -> None:
         """Corner-corner graph and the sparse corner -> pixel visibility pairs."""
@@ -329,6 +408,21 @@ class PreparedLayout:
         self.seg_starts = starts
         self.seg_pix = self.pair_pix[starts]
 
+    def restricted(self, keep: np.ndarray) -> "PreparedLayout":
+        """A view whose diffracted paths reach only the pixels in ``keep`` (H, W bool): the
+        calibration scores a pixel subset and skips the pairs of the others."""
+        view = copy.copy(self)
+        if self.n_pairs:
+            sel = keep.ravel()[self.pair_pix]
+            for name in ("pair_pix", "pair_corner", "pair_d", "pair_ang"):
+                setattr(view, name, getattr(self, name)[sel])
+            view.pair_cars = self.pair_cars[sel] if self.pair_cars is not None else None
+            view.n_pairs = int(sel.sum())
+            if view.n_pairs:
+                view.seg_starts = np.flatnonzero(np.r_[True, view.pair_pix[1:] != view.pair_pix[:-1]])
+                view.seg_pix = view.pair_pix[view.seg_starts]
+        return view
+
     # -- per transmitter -------------------------------------------------------------------
     def check_tx(self, tx) -> tuple[int, int]:
         r, c = int(round(float(tx[0]))), int(round(float(tx[1])))
@@ -346,6 +440,7 @@ class PreparedLayout:
         d = t.window(t.dist_px, r, c) * np.float32(self.pixel_m)
         dh = float(tx[2]) - self.dh_m if len(tx) > 2 else 0.0
         geo = {"rc": (r, c), "d": np.sqrt(d * d + dh * dh).astype(np.float32), "prof": prof}
+        geo.update(self._rooftop(prof, d, float(tx[2]) if len(tx) > 2 else self.dh_m))
         if len(self.corners):
             cr, cc = self.corners[:, 0], self.corners[:, 1]
             flat = r * self.w + c
@@ -356,14 +451,37 @@ class PreparedLayout:
                               else np.zeros(len(cr), np.int16))
         return geo
 
+    def _rooftop(self, prof: RayProfile, d: np.ndarray, tx_h: float) -> dict:
+        """Geometry of the path over the roofs in the vertical plane of the direct line.
+
+        All buildings share one height, so the path climbs from the Tx to the first wall's
+        roof edge, runs level over every roof on the line, and drops from the last wall's
+        edge to the Rx: two edge interactions deviating by the climb and drop elevation
+        angles, on the 3-D unfolded length (plus ``roof_building_db`` per further building).
+        """
+        up = np.float32(max(self.building_h_m - tx_h, 0.0))
+        down = np.float32(max(self.building_h_m - self.dh_m, 0.0))
+        d1 = prof.to_first_px * np.float32(self.pixel_m)
+        d2 = prof.from_last_px * np.float32(self.pixel_m)
+        length = np.hypot(d1, up) + np.maximum(d - d1 - d2, np.float32(0.0)) + np.hypot(d2, down)
+        return {"roof_len": length.astype(np.float32), "roof_up": np.arctan2(up, d1).astype(np.float32),
+                "roof_down": np.arctan2(down, d2).astype(np.float32)}
+
     def gain(self, geo: dict, params: DPMParams) -> np.ndarray:
         """Path gain (dB, clipped) of one Tx from its geometry and the model constants."""
         prof = geo["prof"]
-        loss_extra = prof.walls * np.float32(params.wall_loss_db) + prof.inside_px * np.float32(
-            params.penetration_db_per_m * self.pixel_m)
-        if prof.cars is not None:
-            loss_extra = loss_extra + prof.cars * np.float32(params.car_loss_db)
+        loss_extra = prof.cars * np.float32(params.car_loss_db) if prof.cars is not None else np.float32(0.0)
+        # the direct line is line of sight or nothing: the real DPM maps show no transmission
+        # through buildings (interiors at the floor; the level behind a building does not
+        # fall with the metres the line crosses), their shadows are lit over the roofs
         best = los_gain_db(geo["d"], self.frequency_hz, params) - loss_extra
+        best = np.where(prof.blocked, np.float32(-np.inf), best)
+        if params.rooftop:
+            ref = np.float32(reference_loss_db(self.frequency_hz) + params.ref_offset_db)
+            roof = -(ref + np.float32(10.0 * params.exponent_nlos) * np.log10(np.maximum(geo["roof_len"], np.float32(params.min_distance_m)))
+                     + params.diffraction_loss(geo["roof_up"]) + params.diffraction_loss(geo["roof_down"])
+                     + np.float32(params.roof_building_db) * np.maximum(prof.buildings - 1, 0))
+            best = np.where(prof.blocked, roof, best)
         if len(self.corners) and self.n_pairs and params.max_interactions > 0:
             diff = self._diffracted(geo, params)
             flat = best.ravel()
@@ -460,21 +578,20 @@ def simulate_layout(scene: Scene, txs: list[tuple], params: DPMParams | None = N
 
 
 def params_from_vector(x, base: DPMParams | None = None) -> DPMParams:
-    """DPMParams from the fitted vector: exponent, offset, exponent_nlos, diffraction
-    increments (kept >= 0 so the loss grows with the angle), wall loss, loss per metre."""
+    """DPMParams from the fitted vector: exponent, offset, exponent_nlos, the interaction-loss
+    increments between knots (kept >= 0 so the loss grows with the angle), the rooftop loss
+    per extra building (kept >= 0)."""
     base = base or DPMParams()
     n = len(base.diffraction_db)
     x = np.asarray(x, float)
     diff = tuple(float(v) for v in np.cumsum(np.maximum(x[3:3 + n], 0.0)))
     return replace(base, exponent=float(x[0]), ref_offset_db=float(x[1]), exponent_nlos=float(x[2]),
-                   diffraction_db=diff, wall_loss_db=float(max(x[3 + n], 0.0)),
-                   penetration_db_per_m=float(max(x[4 + n], 0.0)))
+                   diffraction_db=diff, roof_building_db=float(max(x[3 + n], 0.0)))
 
 
 def params_to_vector(p: DPMParams) -> np.ndarray:
     inc = np.diff(np.concatenate([[0.0], p.diffraction_db]))
-    return np.array([p.exponent, p.ref_offset_db, p.exponent_nlos, *inc, p.wall_loss_db,
-                     p.penetration_db_per_m], float)
+    return np.array([p.exponent, p.ref_offset_db, p.exponent_nlos, *inc, p.roof_building_db], float)
 
 
 __all__ = [
