@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -402,6 +403,7 @@ def generate(datasets, shard, force, workers):
     shard_t = _parse_shard(shard)
     for name in names:
         reg.dataset(name)
+        started = time.perf_counter()
         if name in builtin.CITY_CONFIGS:
             ds = builtin.load_city(name, shard=shard_t, force=force, workers=workers)
         elif name in builtin.UMA_CONFIGS:
@@ -413,7 +415,8 @@ def generate(datasets, shard, force, workers):
                            f"{', '.join(builtin.UMA_CONFIGS)} are built by `data generate`")
         sizes = ", ".join(f"{k} {len(v)} scenes" for k, v in ds.splits.items())
         click.echo(f"{name}{' shard ' + shard if shard else ''}: {len(ds)} maps {ds.shape[0]}x{ds.shape[1]} "
-                   f"({sizes}); content hash {ds.content_hash[:12]}; cache {builtin.data_root()}")
+                   f"({sizes}); content hash {ds.content_hash[:12]}; cache {builtin.data_root()}; "
+                   f"{time.perf_counter() - started:.1f} s")
 
 
 @data.command()

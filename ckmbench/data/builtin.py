@@ -25,6 +25,13 @@ CITY_CONFIGS = {
     "city-128": dict(size=128, pixel_m=1.0, n_scenes=60, tx_per_scene=16, cars=False, seed=1),
     "city-tiny": dict(size=32, pixel_m=2.0, n_scenes=12, tx_per_scene=4, cars=False, seed=7),
     "city-tiny-cars": dict(size=32, pixel_m=2.0, n_scenes=12, tx_per_scene=4, cars=True, seed=7),
+    # ray traced (Sionna RT, ``pip install ckmbench[raytrace]``): the layouts and transmitters of
+    # `city` (same seed and size), only the first scenes of each of its splits, so the splits are
+    # city's and a method fitted on city's train split never saw a city-rt test layout
+    "city-rt": dict(size=64, pixel_m=2.0, n_scenes=150, tx_per_scene=2, cars=False, seed=0,
+                    subset=dict(train=8, val=2, test=2), raytrace=dict(max_depth=2)),
+    "city-rt4": dict(size=64, pixel_m=2.0, n_scenes=150, tx_per_scene=2, cars=False, seed=0,
+                     subset=dict(train=8, val=2, test=2), raytrace=dict(max_depth=4)),
 }
 UMA_CONFIGS = {
     "city-uma": dict(size=128, pixel_m=1.0, n_maps=800, seed=0),
@@ -38,8 +45,26 @@ def _simulator_fingerprint() -> str:
     return f"{__version__}|{getattr(dpm, 'MODEL_VERSION', '')}|{dpm.DPMParams()!r}"
 
 
+def _rt_params(name: str):
+    """The ray tracer's settings of a ray-traced city dataset, None for the DPM ones."""
+    rt = CITY_CONFIGS[name].get("raytrace")
+    if rt is None:
+        return None
+    from ..sim.raytrace import RTParams
+
+    return RTParams(**rt)
+
+
+def _raytrace_fingerprint(params) -> str:
+    from ..sim import raytrace
+
+    return f"{__version__}|rt{raytrace.RT_VERSION}|{params!r}|{raytrace.sionna_version()}"
+
+
 def _city_key(name: str, shard=None) -> dict:
-    return {"builder": "city", **CITY_CONFIGS[name], "simulator": _simulator_fingerprint(),
+    rt = _rt_params(name)
+    sim = _simulator_fingerprint() if rt is None else _raytrace_fingerprint(rt)
+    return {"builder": "city", **CITY_CONFIGS[name], "simulator": sim,
             **({"shard": list(shard)} if shard else {})}
 
 
@@ -53,8 +78,9 @@ def load_city(name: str, root=None, progress: bool = True, shard: tuple[int, int
             merged = _merge_complete_shards(name)
             if merged is not None:
                 return merged
-        return build_city_dataset(name=name, **CITY_CONFIGS[name], workers=workers, progress=progress, shard=shard,
-                                  work_dir=work_dir)
+        config = {k: v for k, v in CITY_CONFIGS[name].items() if k != "raytrace"}
+        return build_city_dataset(name=name, **config, workers=workers, progress=progress, shard=shard,
+                                  work_dir=work_dir, params=_rt_params(name))
 
     # scenes are kept in <entry>.work as they finish: a killed build resumes where it stopped
     return cached(name, _city_key(name, shard), build, force=force, resumable=True)
@@ -148,10 +174,14 @@ def load_imagefolder(root=None, progress: bool = True, g_min: float = -147.0, g_
 
 def _city_description(name: str) -> str:
     c = CITY_CONFIGS[name]
-    n = c["n_scenes"] * c["tx_per_scene"]
+    n_scenes = sum(c["subset"].values()) if c.get("subset") else c["n_scenes"]
+    n = n_scenes * c["tx_per_scene"]
+    sim = "dominant-path simulator"
+    if c.get("raytrace"):
+        sim = (f"Sionna RT ray tracing, {c['raytrace']['max_depth']} interactions (IRT{c['raytrace']['max_depth']}-like; "
+               "needs ckmbench[raytrace]), city's layouts and splits")
     return (f"synthetic city, {c['size']}x{c['size']} at {c['pixel_m']} m/px, {n} maps "
-            f"({c['n_scenes']} scenes x {c['tx_per_scene']} Tx), {'with' if c['cars'] else 'no'} cars, "
-            "dominant-path simulator")
+            f"({n_scenes} scenes x {c['tx_per_scene']} Tx), {'with' if c['cars'] else 'no'} cars, {sim}")
 
 
 @hookimpl

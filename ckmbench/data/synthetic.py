@@ -51,7 +51,12 @@ def build_scene(index: int, size: int, pixel_m: float, tx_per_scene: int, cars: 
     txs = place_transmitters(layout, tx_per_scene, np.random.default_rng(tx_ss), TX_HEIGHT_M, cars=car_mask)
     used = car_mask if cars else np.zeros_like(car_mask)
     scene = layout.scene(txs[0], cars=used, scene_id=scene_id(index))
-    gain = simulate_layout(scene, txs, params, prepared=PreparedLayout(scene))
+    if getattr(params, "backend", "dpm") == "sionna-rt":  # ckmbench.sim.raytrace.RTParams
+        from ..sim.raytrace import simulate_layout_rt
+
+        gain = simulate_layout_rt(scene, txs, params)
+    else:
+        gain = simulate_layout(scene, txs, params, prepared=PreparedLayout(scene))
     return {"index": index, "buildings": layout.buildings, "cars": used, "txs": txs, "gain_db": gain}
 
 
@@ -121,11 +126,15 @@ def _load_scene(work_dir: Path, index: int) -> dict | None:
 
 def build_city_dataset(name: str, size: int, pixel_m: float, n_scenes: int, tx_per_scene: int, cars: bool,
                        seed: int, workers: int = 0, progress: bool = True,
-                       shard: tuple[int, int] | None = None, params: DPMParams | None = None,
-                       work_dir: Path | None = None) -> MapDataset:
+                       shard: tuple[int, int] | None = None, params=None,
+                       work_dir: Path | None = None, subset: dict | None = None) -> MapDataset:
     """Build the synthetic city dataset (scene-level splits, gain range (-147, -47) dB).
 
     ``work_dir``: keep each finished scene there and reuse the scenes found there (resume).
+    ``params``: the simulator's settings: :class:`DPMParams` (default) or a ray tracer's
+    ``ckmbench.sim.raytrace.RTParams`` (built in this process: drjit runs its own threads).
+    ``subset``: {"train": k, "val": k, "test": k} builds only the first k scene ids (sorted)
+    of each split of the full ``n_scenes`` dataset, so its splits are those of the full one.
     """
     if n_scenes < 1 or tx_per_scene < 1:
         raise CkmError(f"dataset '{name}': n_scenes and tx_per_scene must be >= 1, got {n_scenes}, {tx_per_scene}")
@@ -136,8 +145,13 @@ def build_city_dataset(name: str, size: int, pixel_m: float, n_scenes: int, tx_p
         indices = [k for k in range(n_scenes) if k % n == i]
     else:
         indices = list(range(n_scenes))
+    if subset:
+        full = scene_splits([scene_id(k) for k in range(n_scenes)], seed=seed)
+        chosen = {int(s[1:]) for part, k in subset.items() for s in sorted(full[part])[:int(k)]}
+        indices = [k for k in indices if k in chosen]
     if not indices:
         raise CkmError(f"dataset '{name}': shard {shard} holds no scene of {n_scenes}; use fewer shards")
+    raytraced = getattr(params, "backend", "dpm") == "sionna-rt"
     workers = (os.cpu_count() or 1) if workers == 0 else int(workers)
     done: dict[int, dict] = {}
     if work_dir is not None:
@@ -157,7 +171,14 @@ def build_city_dataset(name: str, size: int, pixel_m: float, n_scenes: int, tx_p
         bar.update()
 
     try:
-        if workers <= 1 or len(jobs) <= 1:
+        if raytraced and jobs:
+            from ..sim.raytrace import require_sionna
+
+            require_sionna()  # a clear error before any scene is made
+            import drjit as dr
+
+            dr.set_thread_count(workers)
+        if raytraced or workers <= 1 or len(jobs) <= 1:
             for job in jobs:
                 keep(_build_scene_args(job))
         else:
@@ -184,8 +205,8 @@ def build_city_dataset(name: str, size: int, pixel_m: float, n_scenes: int, tx_p
     all_ids = [scene_id(k) for k in range(n_scenes)]
     present = set(scenes)
     splits = {k: [s for s in v if s in present] for k, v in scene_splits(all_ids, seed=seed).items()}
-    meta = {"generator": "ckmbench.sim.dpm", "size": size, "pixel_m": pixel_m, "n_scenes": n_scenes,
-            "tx_per_scene": tx_per_scene, "cars": bool(cars), "seed": seed,
+    meta = {"generator": "ckmbench.sim.raytrace" if raytraced else "ckmbench.sim.dpm", "size": size,
+            "pixel_m": pixel_m, "n_scenes": n_scenes, "tx_per_scene": tx_per_scene, "cars": bool(cars), "seed": seed,
             "shard": list(shard) if shard else None, "params": repr(params or DPMParams())}
     return MapDataset(
         name=name, gain_db=gain, buildings=buildings, cars=car_masks, tx=tx,
