@@ -132,7 +132,7 @@ def build_city_dataset(name: str, size: int, pixel_m: float, n_scenes: int, tx_p
 
     ``work_dir``: keep each finished scene there and reuse the scenes found there (resume).
     ``params``: the simulator's settings: :class:`DPMParams` (default) or a ray tracer's
-    ``ckmbench.sim.raytrace.RTParams`` (built in this process: drjit runs its own threads).
+    ``ckmbench.sim.raytrace.RTParams`` (built serially in this process on one drjit thread).
     ``subset``: {"train": k, "val": k, "test": k} builds only the first k scene ids (sorted)
     of each split of the full ``n_scenes`` dataset, so its splits are those of the full one.
     """
@@ -177,7 +177,9 @@ def build_city_dataset(name: str, size: int, pixel_m: float, n_scenes: int, tx_p
             require_sionna()  # a clear error before any scene is made
             import drjit as dr
 
-            dr.set_thread_count(workers)
+            # one drjit thread: with more, sionna-rt's paths change with the thread count and
+            # from run to run (docs/simulator.md), and the cache promises the same maps
+            dr.set_thread_count(1)
         if raytraced or workers <= 1 or len(jobs) <= 1:
             for job in jobs:
                 keep(_build_scene_args(job))
