@@ -1,4 +1,5 @@
-"""Latent diffusion methods of the seed papers: CKMDiff (S1) for now (docs/methods/ckmdiff.md).
+"""Latent diffusion methods of the seed papers: CKMDiff (S1), RadioDiff (S4) and the physics-inspired
+LDM (S3) (docs/methods/ckmdiff.md, radiodiff.md, physdiff.md).
 
 They build on :mod:`ckmbench.latent` (docs/latent.md): the KL autoencoder fitted once per
 dataset and profile, decoupled diffusion, the two-head U-Net and the condition encoders.
