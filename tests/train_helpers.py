@@ -147,3 +147,21 @@ if __name__ == "__main__":
     sleep = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
     model, _ = train_toy(state, n, sleep)
     torch.save(model.state_dict(), out)
+
+
+def check_sampled_predictions(method, refit, fresh, obs, target, ctx) -> torch.Tensor:
+    """What every sampling method's predictions owe: the target's shape in [0, 1], the same maps
+    for the same seed and others for another, the same weights from a second fit (``refit``),
+    and a stored fit loaded into ``fresh`` predicting the same. Returns the prediction."""
+    from ckmbench.method import RunContext
+
+    a = method.predict(obs, ctx)
+    assert a.shape == target.shape and a.dtype == torch.float32
+    assert float(a.min()) >= 0 and float(a.max()) <= 1
+    assert torch.equal(a, method.predict(obs, ctx))
+    assert not torch.equal(a, method.predict(obs, RunContext(seed=1, progress=False)))
+    net, again = method.state_dict()["net"], refit.state_dict()["net"]
+    assert list(net) == list(again) and all(torch.equal(net[k], again[k]) for k in net)
+    fresh.load_state_dict(method.state_dict())
+    assert torch.equal(fresh.predict(obs, ctx), a)
+    return a
