@@ -14,7 +14,7 @@ from ckmbench.training import Trainer
 from ckmbench_plugins.latent import CKMDIFF_PAPER, CKMDIFF_TINY
 from ckmbench_plugins.latent.ckmdiff import CKMDiff
 from ckmbench_plugins.latent.emphasis import feature_emphasis
-from train_helpers import check_sampled_predictions, crash_then_resume, one_thread, reg  # noqa: F401 (fixtures: one thread, registry)
+from train_helpers import check_sampled_predictions, fit_on, crash_then_resume, one_thread, reg  # noqa: F401 (fixtures: one thread, registry)
 
 DATASET = "city-tiny"
 
@@ -40,9 +40,7 @@ def task_of(reg, name):
 def fit_ckmdiff(reg, data, task_name, fit_dir, seed=0, **over):
     task = task_of(reg, task_name)
     method = CKMDiff("tiny", {**CKMDIFF_TINY, **over})
-    ctx = RunContext(seed=seed, profile="tiny", progress=False, fit_dir=fit_dir)
-    method.fit(TaskData(data.split("train"), task, seed), TaskData(data.split("val"), task, seed), task, ctx)
-    return method, task, ctx
+    return method, task, fit_on(method, task, data, fit_dir, seed)
 
 
 @pytest.mark.parametrize("task_name", ["inpaint", "sr4-noisy", "denoise", "generate"])

@@ -17,7 +17,7 @@ from ckmbench.tasks.base import Observation
 from ckmbench_plugins.latent.physdiff import PHYSDIFF_PAPER, PHYSDIFF_TINY, PhysDiff
 from ckmbench_plugins.latent.regionunet import RegionSegmenter, RegionUNet, region_hparams, region_labels
 from test_ckmdiff import task_of
-from train_helpers import check_sampled_predictions, cache_fitter, crash_then_resume, fixed_batch_losses, one_thread, reg  # noqa: F401
+from train_helpers import check_sampled_predictions, fit_on, cache_fitter, crash_then_resume, fixed_batch_losses, one_thread, reg  # noqa: F401
 
 DATASET = "city-tiny"
 DATASETS = {"envgen-static": DATASET, "envgen-dynamic": "city-tiny-cars"}
@@ -44,9 +44,7 @@ def fits_root(tmp_path_factory, monkeypatch):
 def fit_physdiff(reg, data, task_name, fit_dir, seed=0, **over):
     task = task_of(reg, task_name)
     method = PhysDiff("tiny", {**PHYSDIFF_TINY, **over})
-    ctx = RunContext(seed=seed, profile="tiny", progress=False, fit_dir=fit_dir)
-    method.fit(TaskData(data.split("train"), task, seed), TaskData(data.split("val"), task, seed), task, ctx)
-    return method, task, ctx
+    return method, task, fit_on(method, task, data, fit_dir, seed)
 
 
 def untrained(reg, cars, **over):

@@ -17,7 +17,7 @@ from ckmbench.latent.attention import AdaptiveFourierFilter, CrossAttention, Cro
 from ckmbench.latent.autoencoder import build_autoencoder, vae_hparams
 from ckmbench.method import RunContext, TaskData
 from ckmbench_plugins.latent.radiodiff import RADIODIFF_PAPER, RADIODIFF_TINY, RadioDiff, precondition
-from train_helpers import check_sampled_predictions, cache_fitter, crash_then_resume, fixed_batch_losses, one_thread, reg  # noqa: F401
+from train_helpers import check_sampled_predictions, fit_on, cache_fitter, crash_then_resume, fixed_batch_losses, one_thread, reg  # noqa: F401
 
 DATASETS = {"envgen-static": "city-tiny", "envgen-dynamic": "city-tiny-cars"}
 
@@ -43,9 +43,7 @@ def task_of(reg, name):
 def fit_radiodiff(reg, datasets, task_name, fit_dir, seed=0, **over):
     task, data = task_of(reg, task_name), datasets[DATASETS[task_name]]
     method = RadioDiff("tiny", {**RADIODIFF_TINY, **over})
-    ctx = RunContext(seed=seed, profile="tiny", progress=False, fit_dir=fit_dir)
-    method.fit(TaskData(data.split("train"), task, seed), TaskData(data.split("val"), task, seed), task, ctx)
-    return method, task, ctx
+    return method, task, fit_on(method, task, data, fit_dir, seed)
 
 
 def same(a: dict, b: dict) -> bool:

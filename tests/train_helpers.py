@@ -165,3 +165,13 @@ def check_sampled_predictions(method, refit, fresh, obs, target, ctx) -> torch.T
     fresh.load_state_dict(method.state_dict())
     assert torch.equal(fresh.predict(obs, ctx), a)
     return a
+
+
+def fit_on(method, task, data, fit_dir, seed: int = 0):
+    """Fit ``method`` on the train/val splits of ``data`` for ``task`` (tiny profile, no progress);
+    returns the run context, whose ``extras["fit"]`` holds what the fit recorded."""
+    from ckmbench.method import RunContext, TaskData
+
+    ctx = RunContext(seed=seed, profile="tiny", progress=False, fit_dir=fit_dir)
+    method.fit(TaskData(data.split("train"), task, seed), TaskData(data.split("val"), task, seed), task, ctx)
+    return ctx
