@@ -101,6 +101,8 @@ def test_killed_city_build_resumes_from_the_scenes_made(tmp_path, monkeypatch):
         return real(index, *args, **kw)
 
     monkeypatch.setattr(synthetic, "build_scene", dies_after_three)
+    # scenes built here, not in spawned portable-numpy workers, so the patched build_scene runs
+    monkeypatch.setattr(synthetic, "portable_numpy_env", lambda: {})
     build = lambda work: synthetic.build_city_dataset("toy-city", **cfg, workers=1, progress=False, work_dir=work)
     try:
         cache.cached("toy-city", cfg, build, resumable=True)

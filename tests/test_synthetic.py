@@ -205,3 +205,25 @@ def _alive(pid: int) -> bool:
             return fh.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_maps_are_those_of_a_numpy_without_avx512(static):
+    """numpy's AVX-512 kernels round transcendental functions differently from its AVX2 ones
+    (`city` hashed 9181c1de1c67 on an AVX2 machine, 49e2a3dbaf0d on an AVX-512 one). The build
+    must equal one made in a process whose numpy has AVX-512 switched off by hand, as on an
+    AVX2 machine; without AVX-512 here both sides use the same kernels."""
+    import json
+    import subprocess
+    import sys
+
+    from ckmbench.data import synthetic
+
+    features, dispatch = synthetic._numpy_cpu_tables()
+    off = " ".join(f for f in dispatch if f.startswith("AVX512") or f == "X86_V4")
+    cfg = {k: v for k, v in CFG.items() if k != "workers"}
+    script = ("import json, sys\nfrom ckmbench.data.synthetic import build_city_dataset\n"
+              f"cfg = json.loads({json.dumps(json.dumps(cfg))})\n"
+              "print(build_city_dataset(cars=False, workers=1, **cfg).content_hash)\n")
+    env = {**__import__("os").environ, "NPY_DISABLE_CPU_FEATURES": off}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == static.content_hash
