@@ -29,9 +29,9 @@ CITY_CONFIGS = {
     # `city` (same seed and size), only the first scenes of each of its splits, so the splits are
     # city's and a method fitted on city's train split never saw a city-rt test layout
     "city-rt": dict(size=64, pixel_m=2.0, n_scenes=150, tx_per_scene=2, cars=False, seed=0,
-                    subset=dict(train=8, val=2, test=2), raytrace=dict(max_depth=2)),
+                    subset=dict(train=16, val=2, test=8), raytrace=dict(max_depth=2)),
     "city-rt4": dict(size=64, pixel_m=2.0, n_scenes=150, tx_per_scene=2, cars=False, seed=0,
-                     subset=dict(train=8, val=2, test=2), raytrace=dict(max_depth=4)),
+                     subset=dict(train=16, val=2, test=8), raytrace=dict(max_depth=4)),
 }
 UMA_CONFIGS = {
     "city-uma": dict(size=128, pixel_m=1.0, n_maps=800, seed=0),
