@@ -134,12 +134,15 @@ class Row:
     notes_n: dict[str, list[int]] = field(default_factory=dict)  # metric -> its N per seed
     cost: dict[str, float | None] = field(default_factory=dict)
     distribution: str = "ckmbench"
+    variant: str = ""  # the --set overrides of the run ("aft=false"), "" for the profile as it is
     learned: bool = True
     in_sample: str = ""  # why the row is scored on data the method was calibrated on
 
     @property
     def label(self) -> str:
         name = self.method if self.distribution in ("ckmbench", "", None) else f"{self.method} ({self.distribution})"
+        if self.variant:
+            name = f"{name} with {self.variant}"
         if self.learned and self.train_dataset != self.dataset:
             name = f"{name}, fitted on {self.train_dataset}"
         return f"{name} (in-sample)" if self.in_sample else name
@@ -195,10 +198,17 @@ def _is_learned(record: dict) -> bool:
     return bool((record.get("cost") or {}).get("params")) or bool(record.get("fit"))
 
 
-def _run_key(record: dict) -> tuple[str, str, str]:
+def _variant(record: dict) -> str:
+    """The run's --set overrides as "key=value, ...": an ablation (``--set aft=false``) or another
+    sampler is its own row, never the newest attempt of the default one."""
+    overrides = record.get("overrides") or {}
+    return ", ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(overrides.items()))
+
+
+def _run_key(record: dict) -> tuple[str, str, str, str]:
     # a classical baseline is not fitted: which dataset it was "trained" on does not make another row
     train = record.get("train_dataset") or record["dataset"]
-    return record["method"], record["profile"], train if _is_learned(record) else record["dataset"]
+    return record["method"], record["profile"], train if _is_learned(record) else record["dataset"], _variant(record)
 
 
 def _mean(values: list) -> float | None:
@@ -216,8 +226,9 @@ def _std(values: list) -> float | None:
     return math.sqrt(math.fsum((v - mean) ** 2 for v in present) / (len(present) - 1))
 
 
-def _make_row(key: tuple[str, str, str], dataset: str, records: list[dict]) -> Row:
-    row = Row(*key, dataset=dataset, records=records)
+def _make_row(key: tuple[str, str, str, str], dataset: str, records: list[dict]) -> Row:
+    method, profile, train, variant = key
+    row = Row(method, profile, train, dataset=dataset, records=records, variant=variant)
     names = sorted({name for r in records for name in (r.get("metrics") or {})})
     row.distribution = str(records[0].get("method_distribution") or "ckmbench")
     row.learned = _is_learned(records[0])

@@ -42,7 +42,8 @@ Record schema (all keys always present; values may be null):
                                     (K,H,W), observation (K,h,w) or absent
 
 Optional keys: method_kind ("baseline" | "learned" | "diffusion"; only learned methods are
-"fitted on" a dataset), fit, shard (a sharded run: {index, count, group, n_total} on a shard's
+"fitted on" a dataset), overrides (the run's ``--set`` hyper-parameters, {} for the profile as
+it is; a run with overrides is its own leaderboard row, "method with key=value"), fit, shard (a sharded run: {index, count, group, n_total} on a shard's
 record, {count, group, records} on the record merged from them; docs/scale.md), ... A non-finite number anywhere in a record (NaN metric or
 hyper-parameter) is stored as null, and metric_notes["nonfinite"] names where it was.
 

@@ -326,6 +326,7 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         "method_kind": getattr(spec, "kind", "baseline"),
         "profile": cfg.profile, "seed": cfg.seed, "n_test": len(prep.test), "map_size": list(prep.test.shape),
         "metrics": {}, "metric_notes": {}, "cost": {}, "hparams": prep.hparams,
+        "overrides": {k: cfg.hparams[k] for k in sorted(cfg.hparams)},
         "config_hash": config_hash({**config, "protocol_version": base_provenance(prep.device)["protocol_version"]}),
         **base_provenance(prep.device), "run_dir": str(run_dir), "examples": None,
         "fit": None,

@@ -311,6 +311,19 @@ def test_labels_fitted_on_distribution_in_sample_and_costs(tmp_path, reported):
     assert "simulator [tiny] is in-sample, not a fair comparison: fitted to Tx 0, 10, 12" in text
 
 
+def test_runs_with_set_overrides_are_their_own_rows(tmp_path, reported):
+    """An ablation (--set aft=false) must not replace the default run as its newer attempt."""
+    plain = make_record("radiodiff", kind="diffusion", metrics={"mse": 0.01}, date="2026-11-20T10:00:00+00:00")
+    ablated = make_record("radiodiff", kind="diffusion", metrics={"mse": 0.03}, date="2026-11-21T10:00:00+00:00")
+    ablated["overrides"] = {"aft": False, "sampler": "ddim"}
+    ablated["record_id"] = "f" * 32
+    _build([plain, ablated], tmp_path, reported)
+    by = _main_rows((tmp_path / "lb" / "city" / "sr4.md").read_text())
+    assert set(by) == {"radiodiff", "radiodiff with aft=false, sampler=ddim"}
+    assert by["radiodiff"]["mse ↓"] == "**0.01000**"
+    assert by["radiodiff with aft=false, sampler=ddim"]["mse ↓"] == "0.03000"
+
+
 def test_rows_of_different_dataset_versions_are_refused_unless_allowed(tmp_path, reported):
     recs = [make_record("idw", metrics={"mse": 0.02}), make_record("knn", metrics={"mse": 0.03}, dataset_hash="f" * 64)]
     with pytest.raises(CkmError, match=r"city/sr4 would mix .*dddddddddddd \(1 record\), ffffffffffff.*--allow-mixed"):

@@ -117,6 +117,10 @@ def test_same_run_twice_gives_identical_metrics(tmp_path):
     b = run(cfg(tmp_path, task="inpaint", method="idw", fid=False))
     assert a["metrics"] == b["metrics"]
     assert a["config_hash"] == b["config_hash"]
+    assert a["overrides"] == {}
+    c = run(cfg(tmp_path, task="inpaint", method="idw", fid=False, hparams={"power": 3.0}))
+    assert c["overrides"] == {"power": 3.0} and c["hparams"]["power"] == 3.0
+    assert c["metrics"] != a["metrics"]
 
 
 def test_unsupported_task_lists_supported(tmp_path):
