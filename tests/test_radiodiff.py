@@ -199,7 +199,29 @@ def test_cross_attention_unet_levels_input_and_single_head():
         one(torch.randn(2, 3, 16, 16), torch.rand(2), ctx[:1])
     aft = AdaptiveFourierFilter(8, 4, 4, norm_groups=4)
     with pytest.raises(CkmError, match="built for"):
-        aft(torch.randn(1, 8, 8, 8))
+        aft(torch.randn(1, 8, 2, 2))
+
+
+def test_aft_on_larger_maps_is_the_same_circular_kernel():
+    """Scored on larger maps than it was trained on (transfer), the AFT must apply the spatial
+    kernel its filter equals on the training size: check against a direct circular convolution."""
+    torch.manual_seed(0)
+    aft = AdaptiveFourierFilter(4, 4, 4, norm_groups=2)
+    w = torch.view_as_complex(aft.weight.float())
+    x = torch.randn(1, 4, 4, 4)
+    h = aft.conv(aft.norm(x))
+    direct = torch.fft.irfft2(torch.fft.rfft2(h, norm="ortho") * w, s=(4, 4), norm="ortho")
+    assert torch.allclose(aft.filtered(x), direct, atol=1e-6)  # the paper's filter on its own size
+    kernel = torch.fft.irfft2(w, s=(4, 4), norm="backward")  # k with FFT(k) = W
+    big = torch.randn(1, 4, 12, 12)
+    hb = aft.conv(aft.norm(big))
+    want = torch.zeros_like(hb)
+    for i in range(4):
+        for j in range(4):
+            di, dj = (i if i < 2 else i - 4), (j if j < 2 else j - 4)
+            want += kernel[None, :, i, j, None, None] * torch.roll(hb, shifts=(di, dj), dims=(-2, -1))
+    assert torch.allclose(aft.filtered(big), want, atol=1e-5)
+    assert torch.allclose(aft(big), big + want, atol=1e-5)
 
 
 def test_paper_profile_parameter_count_matches_s3():

@@ -126,7 +126,14 @@ class AdaptiveFourierFilter(nn.Module):
 
     ``W`` is a learned complex weight per channel and frequency of an ``height`` x ``width``
     map (rfft2 keeps ``width // 2 + 1`` columns), initialised N(0, 0.02^2) as the code; the
-    transforms use ``norm="ortho"``. Only for maps of exactly that size (the bottleneck).
+    transforms use ``norm="ortho"``.
+
+    On a map of another size (a fit scored on larger maps: transfer from 64² `city` to 256² real
+    maps) the filter is applied as the spatial kernel it equals on its own size: a product with
+    W under ortho transforms is the circular convolution with k = irfft2(W) (unnormalised), so k
+    (h x w, offsets centred on 0) is placed in a zero map of the new size and transformed back.
+    On the size it was built for this is the paper's filter exactly (an implementer's choice:
+    RadioDiff only ever runs at its training size).
     """
 
     def __init__(self, channels: int, height: int, width: int, norm_groups: int = 8):
@@ -136,14 +143,29 @@ class AdaptiveFourierFilter(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
         self.weight = nn.Parameter(torch.randn(channels, self.size[0], self.size[1] // 2 + 1, 2) * 0.02)
 
+    def response(self, size: tuple[int, int]) -> torch.Tensor:
+        """The complex filter for an rfft2 of a ``size`` map (W itself on the built size)."""
+        w = torch.view_as_complex(self.weight.float())
+        if tuple(size) == self.size:
+            return w
+        (h, wd), (H, Wd) = self.size, (int(size[0]), int(size[1]))
+        if H < h or Wd < wd:
+            raise CkmError(f"adaptive Fourier filter: built for {self.size} maps, got {tuple(size)}: "
+                           "maps smaller than the training bottleneck are not supported; score on maps at least "
+                           "as large as the ones the fit was trained on")
+        kernel = torch.fft.irfft2(w, s=self.size, dim=(-2, -1), norm="backward")  # C x h x w, circular
+        rows = [(i if i < (h + 1) // 2 else i - h) % H for i in range(h)]
+        cols = [(j if j < (wd + 1) // 2 else j - wd) % Wd for j in range(wd)]
+        big = kernel.new_zeros(kernel.shape[0], H, Wd)
+        big[:, torch.tensor(rows)[:, None], torch.tensor(cols)[None, :]] = kernel
+        return torch.fft.rfft2(big, dim=(-2, -1), norm="backward")
+
     def filtered(self, x: torch.Tensor) -> torch.Tensor:
         """The filter's branch alone: irfft2(W * rfft2(conv(GroupNorm(x))))."""
-        if tuple(x.shape[-2:]) != self.size:
-            raise CkmError(f"adaptive Fourier filter: built for {self.size} maps, got {tuple(x.shape[-2:])}: "
-                           f"build the U-Net for this latent size")
+        size = tuple(x.shape[-2:])
         h = self.conv(self.norm(x)).float()
-        spec = torch.fft.rfft2(h, dim=(-2, -1), norm="ortho") * torch.view_as_complex(self.weight.float())
-        return torch.fft.irfft2(spec, s=self.size, dim=(-2, -1), norm="ortho").to(x.dtype)
+        spec = torch.fft.rfft2(h, dim=(-2, -1), norm="ortho") * self.response(size)
+        return torch.fft.irfft2(spec, s=size, dim=(-2, -1), norm="ortho").to(x.dtype)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
         return x + self.filtered(x)
