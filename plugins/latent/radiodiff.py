@@ -221,7 +221,7 @@ RADIODIFF_PAPER = dict(
 # a higher learning rate and a faster EMA; the latent scale measured; latents cached.
 RADIODIFF_SMALL = dict(
     RADIODIFF_PAPER, encoder="conv", cond_channels=[32, 64, 64], base=32, mults=[1, 2, 2], num_res_blocks=1,
-    norm_groups=8, xattn_heads=4, latent_scale="auto", steps=1500, batch_size=16, lr=2e-4, lr_end=2e-5,
+    norm_groups=8, xattn_heads=4, latent_scale="auto", steps=6000, batch_size=16, lr=2e-4, lr_end=2e-5,
     ema_decay=0.999, ema_start=150, checkpoint_every=250, log_every=50, cache_latents=True,
     **prefixed(AE_SMALL),
 )
