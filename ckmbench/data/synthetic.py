@@ -99,9 +99,10 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="ckmbench-parent-watch", daemon=True).start()
 
 
-def worker_pool(workers: int) -> ProcessPoolExecutor:
+def worker_pool(workers: int, mp_context=None) -> ProcessPoolExecutor:
     """A process pool whose workers die with this process."""
-    return ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent, initargs=(os.getpid(),))
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp_context, initializer=_die_with_parent,
+                               initargs=(os.getpid(),))
 
 
 def _numpy_cpu_tables() -> tuple[dict, list]:
@@ -136,8 +137,7 @@ def portable_worker_pool(workers: int, env: dict[str, str]):
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
+        with worker_pool(workers, multiprocessing.get_context("spawn")) as pool:
             yield pool
     finally:
         for k, v in saved.items():
