@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import io
 import multiprocessing
 import os
@@ -237,8 +236,8 @@ def build_city_dataset(name: str, size: int, pixel_m: float, n_scenes: int, tx_p
             for job in jobs:
                 keep(_build_scene_args(job))
         else:
-            pool_of = functools.partial(portable_worker_pool, env=portable) if portable else worker_pool
-            with pool_of(max(1, min(workers, len(jobs)))) as pool:
+            n = max(1, min(workers, len(jobs)))
+            with portable_worker_pool(n, portable) if portable else worker_pool(n) as pool:
                 for res in pool.map(_build_scene_args, jobs, chunksize=max(1, len(jobs) // (8 * workers))):
                     keep(res)
     finally:
