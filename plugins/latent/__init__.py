@@ -43,8 +43,8 @@ CKMDIFF_PAPER = dict(
 # latent is computed once and kept (cache_latents: the same values, not a shrinking device).
 CKMDIFF_SMALL = dict(
     CKMDIFF_PAPER, encoder="conv", cond_channels=[16, 32, 32, 32], base=32, mults=[1, 2, 2, 2], num_res_blocks=1,
-    norm_groups=8, sr_base=32, sr_mults=[1, 2, 2, 2], sr_batch_size=16, sr_steps=2000, sr_lr=2e-4, sr_lr_end=2e-5,
-    steps=2000, batch_size=16, lr=2e-4, lr_end=2e-5, ema_decay=0.999, ema_start=200, latent_scale="auto",
+    norm_groups=8, sr_base=32, sr_mults=[1, 2, 2, 2], sr_batch_size=16, sr_steps=8000, sr_lr=2e-4, sr_lr_end=2e-5,
+    steps=8000, batch_size=16, lr=2e-4, lr_end=2e-5, ema_decay=0.999, ema_start=200, latent_scale="auto",
     checkpoint_every=250, log_every=50, sample_steps=10, cache_latents=True,
     **prefixed(AE_SMALL),
 )

@@ -70,7 +70,7 @@ PHYSDIFF_PAPER = dict(
 PHYSDIFF_SMALL = dict(
     PHYSDIFF_PAPER, encoder="conv", cond_channels=[16, 32, 32, 32], base=32, mults=[1, 2, 2, 2], num_res_blocks=1,
     attn_resolutions=[], norm_groups=8, xattn_heads=4, xattn_windows=[2, 1, 1, 1], latent_scale="auto",
-    cache_latents=True, physics_batch=4, epochs=None, steps=1500, batch_size=16, lr=2e-4, lr_end=2e-5, lr_schedule="linear",
+    cache_latents=True, physics_batch=4, epochs=None, steps=6000, batch_size=16, lr=2e-4, lr_end=2e-5, lr_schedule="linear",
     ema_decay=0.999, ema_start=200, checkpoint_every=250, log_every=50,
     region_base=8, region_mults=[1, 2, 4, 8], region_lr=1e-3, region_epochs=None, region_steps=300,
     region_checkpoint_every=200, region_log_every=50,
