@@ -4,10 +4,14 @@ The generator is RadioWNet; as in the official training (``[fake, _] = netG(inps
 phase "firstU") the prediction is the first U-Net's output, so only that U-Net trains (the
 second is built and counted, 13.27 M in all, as the papers count). The discriminator is the
 code's DCGAN discriminator (2.77 M at 256² with 3 input channels), conditional here: it
-sees [map, generator input]. Phase 1 ("global") and phase 2 ("local", from phase 1's best
+sees [map, generator input], and it keeps the code's closing Sigmoid in front of the
+BCE-with-logits loss. Phase 1 ("global") and phase 2 ("local", from phase 1's best
 generator) are two runs of the shared trainer in adversarial mode (D then G every step),
-each keeping the generator with the best validation MSE. Loss terms and every departure
-from the code: docs/methods/radiomap-baselines.md.
+each keeping the generator with the best validation MSE. The generator's map has its
+building pixels set to 0 before any loss sees it (the benchmark's convention for every
+prediction): without that the global phase's gradient-cosine term drives the output to a
+flat zero where the final ReLU dies. Loss terms and every departure from the code:
+docs/methods/radiomap-baselines.md.
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ PHASES = ("global", "local")
 
 class DCGANDiscriminator(nn.Sequential):
     """The code's discriminator: 4×4 stride-2 convs ndf → 8·ndf (BatchNorm after the first),
-    LeakyReLU 0.2, a final 4×4 conv to one logit per patch. The code's closing Sigmoid is left
-    out: its loss (BCEWithLogits) applies the sigmoid itself."""
+    LeakyReLU 0.2, a final 4×4 conv to one value per patch, then (``sigmoid``, as the code) a
+    Sigmoid. The code's loss is BCE-with-logits on that probability, a second sigmoid that
+    keeps D's verdicts within (0.5, 0.73) and so bounds the generator's adversarial term
+    (10 × it in phase 1); without it D is certain within steps and that term swamps the MSE."""
 
-    def __init__(self, channels: int, ndf: int = 64):
+    def __init__(self, channels: int, ndf: int = 64, sigmoid: bool = True):
         layers, cin = [], channels
         for i, mult in enumerate((1, 2, 4, 8)):
             layers.append(nn.Conv2d(cin, ndf * mult, 4, 2, 1, bias=False))
@@ -42,6 +48,8 @@ class DCGANDiscriminator(nn.Sequential):
             layers.append(nn.LeakyReLU(0.2, inplace=True))
             cin = ndf * mult
         layers.append(nn.Conv2d(cin, 1, 4, 1, 0, bias=False))
+        if sigmoid:
+            layers.append(nn.Sigmoid())
         super().__init__(*layers)
 
 
@@ -54,10 +62,16 @@ class RMEGAN(RadioUNet):
         self.disc = self.build_disc(len(self.inputs))
 
     def build_disc(self, inputs: int) -> DCGANDiscriminator:
-        return DCGANDiscriminator(1 + inputs, scaled(64, self.width))
+        return DCGANDiscriminator(1 + inputs, scaled(64, self.width), bool(self.hparams.get("disc_sigmoid", True)))
 
     def phase_forward(self, phase: str, net, x: torch.Tensor) -> torch.Tensor:
-        return net(x)  # the trained module is the first U-Net in both phases
+        """The first U-Net's map (the trained module in both phases), building pixels 0 when
+        ``mask_buildings`` (the map as it is scored; x's buildings channel is 1 inside)."""
+        out = net(x)
+        if self.hparams.get("mask_buildings", True):
+            b = self.inputs.index("buildings")
+            out = out * (1.0 - x[:, b:b + 1])
+        return out
 
     # ------------------------------------------------------------ the adversarial step
     @staticmethod
@@ -68,7 +82,7 @@ class RMEGAN(RadioUNet):
     def generate(self, G, batch, generator) -> dict:
         obs, u, _ = batch
         x = self.network_input(obs)
-        return {"fake": self.crop(G(x), u), "real": self.target(u), "cond": x}
+        return {"fake": self.crop(self.phase_forward("global", G, x), u), "real": self.target(u), "cond": x}
 
     def d_loss(self, D, out, batch, generator) -> torch.Tensor:
         return 0.5 * (L.bce_logits(D(self.pair(out["real"], out["cond"])), True)
