@@ -78,7 +78,8 @@ def evaluate_predictions(task: str, dataset: str, predictions: Path, name: str =
     target = torch.cat(targets)
     regions_t = {k: torch.cat(v) for k, v in regions.items()}
     use_fid = fid if fid is not None else task in FID_TASKS
-    result = evaluate(pred, target, torch.from_numpy(test.gain_range.astype(np.float32)), regions_t, fid=use_fid)
+    result = evaluate(pred, target, torch.from_numpy(test.gain_range.astype(np.float32)), regions_t,
+                      metrics=t.metrics, fid=use_fid)
     record_id = uuid.uuid4().hex
     store_file = store_path(store)
     rec = {

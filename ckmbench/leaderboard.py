@@ -30,9 +30,9 @@ import pandas as pd
 from .errors import CkmError
 from .results import atomic_write_bytes
 
-BASE_METRICS = ("mse", "rmse", "nmse", "mse_gain", "rmse_gain_db", "psnr", "ssim", "fid")
+BASE_METRICS = ("mse", "rmse", "nmse", "mse_gain", "rmse_gain_db", "psnr", "ssim", "fid", "diversity")
 METRIC_SUFFIXES = ("outdoor", "hole")
-HIGHER_IS_BETTER = frozenset({"psnr", "ssim"})
+HIGHER_IS_BETTER = frozenset({"psnr", "ssim", "diversity"})
 # Region metrics shown in the main table too; the first present is the ranking metric: the
 # error outside buildings is what a radio map is for (whole-map metrics count building pixels).
 HEADLINE_METRICS = ("rmse_gain_db@outdoor",)

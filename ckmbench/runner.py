@@ -380,7 +380,8 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         from .metrics.evaluate import evaluate
 
         gain_range = torch.from_numpy(prep.test.gain_range.astype(np.float32))
-        result = evaluate(pred, target, gain_range, regions, fid=wants_fid(cfg) and not cfg.shard)
+        result = evaluate(pred, target, gain_range, regions, metrics=prep.task.metrics,
+                          fid=wants_fid(cfg) and not cfg.shard)
         if cfg.shard:  # per-sample values and FID features wait for `ckmbench results collect`
             from .shards import shard_payload
 

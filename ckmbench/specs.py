@@ -72,6 +72,8 @@ class MetricSpec:
     (``compute(per_sample: dict) -> float | None``, inputs listed in ``compute.requires``,
     e.g. rmse from mse), ``"distribution"`` (``compute(preds, targets) -> {"value": float |
     None, "notes": dict}``, e.g. FID) or ``"cost"`` (``compute(cost: dict) -> value``).
+    ``by_default=False``: scored only where it is asked for by name (a task's ``metrics``),
+    e.g. the diversity of generated maps, which means nothing for a conditional task.
     """
 
     name: str
@@ -80,3 +82,4 @@ class MetricSpec:
     kind: str = "per_sample"
     description: str = ""
     unit: str = ""
+    by_default: bool = True

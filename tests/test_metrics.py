@@ -9,7 +9,7 @@ import torch
 
 from ckmbench.errors import CkmError
 from ckmbench.hookspecs import hookimpl
-from ckmbench.metrics import builtin, cost, pixel
+from ckmbench.metrics import builtin, cost, diversity, pixel
 from ckmbench.metrics.evaluate import evaluate
 from ckmbench.metrics.ssim import ssim, ssim_reference
 from ckmbench.plugins import load_registry, registry
@@ -270,6 +270,28 @@ def test_subset_pulls_in_what_aggregates_need():
     assert set(res.summary) == {"mse_gain", "rmse_gain_db"}
 
 
+def test_diversity_is_the_mean_pairwise_rmse_and_only_scored_when_asked():
+    g = torch.Generator().manual_seed(0)
+    maps = torch.rand(7, 1, 5, 4, generator=g, dtype=torch.float64)
+    naive = [math.sqrt(float(((maps[i] - maps[j]) ** 2).mean())) for i in range(7) for j in range(i + 1, 7)]
+    assert diversity.mean_pairwise_rmse(maps, chunk=3) == pytest.approx(sum(naive) / len(naive))
+    assert diversity.mean_pairwise_rmse(maps[:1]) is None
+    same = maps[:1].repeat(4, 1, 1, 1)
+    out = diversity.diversity(same, maps[:4])
+    assert out["value"] == 0 and out["notes"]["diversity_data"] > 0
+    p, t, gr, _ = eval_inputs()
+    assert "diversity" not in evaluate(p, t, gr, {}, fid=False).summary  # not a default metric
+    res = evaluate(p, t, gr, {}, metrics=["diversity"], fid=True)
+    assert set(res.summary) == {"diversity"} and res.notes["diversity_data"] > 0
+
+
+def test_generate_is_scored_by_fid_and_diversity_only():
+    from ckmbench.tasks.builtin import Generate
+
+    assert Generate().metrics == ("fid", "diversity")
+    assert set(registry().items["metrics"]) >= set(Generate().metrics)
+
+
 # ---------------------------------------------------------------------------- registry
 
 
@@ -280,7 +302,8 @@ def test_builtin_specs_registered_with_direction():
     assert specs["rmse"].kind == specs["rmse_gain_db"].kind == "aggregate"
     assert specs["fid"].kind == "distribution"
     higher = {n for n, s in specs.items() if s.higher_is_better}
-    assert higher == {"psnr", "ssim"}
+    assert higher == {"psnr", "ssim", "diversity"}
+    assert specs["diversity"].kind == "distribution" and not specs["diversity"].by_default
     for name in ("params", "train_s", "infer_s_per_map", "sampling_steps", "peak_mem_mb"):
         assert specs[name].kind == "cost" and not specs[name].higher_is_better
     assert specs["params"].compute({"params": 12.0}) == 12 and specs["train_s"].compute({}) is None

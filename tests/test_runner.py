@@ -82,7 +82,8 @@ def toy_registry():
     def register_methods(register):
         for cls in (Broken, WrongShape, Slow):
             register(MethodSpec(name=cls.name, factory=lambda p, h, cls=cls: cls(p, h), tasks=("sr4",)))
-        register(MethodSpec(name="meanlearner", factory=lambda p, h: MeanLearner(p, h), tasks=("sr4",), kind="learned"))
+        register(MethodSpec(name="meanlearner", factory=lambda p, h: MeanLearner(p, h), tasks=("sr4", "generate"),
+                            kind="learned"))
 
     mod.ckmbench_register_methods = hookimpl(register_methods)
     return load_registry(extra_plugins=(mod,))
@@ -121,6 +122,15 @@ def test_same_run_twice_gives_identical_metrics(tmp_path):
     c = run(cfg(tmp_path, task="inpaint", method="idw", fid=False, hparams={"power": 3.0}))
     assert c["overrides"] == {"power": 3.0} and c["hparams"]["power"] == 3.0
     assert c["metrics"] != a["metrics"]
+
+
+def test_generate_is_scored_by_fid_and_diversity_only(tmp_path):
+    """No pixel metric against an arbitrarily paired test map; a generator that always gives the
+    same map (the mean) has diversity 0 against the data's own."""
+    rec = run(cfg(tmp_path, method="meanlearner", task="generate", fid=True), toy_registry())
+    assert rec["status"] == "done", rec["message"]
+    assert set(rec["metrics"]) == {"fid", "diversity"}
+    assert rec["metrics"]["diversity"] == 0 and rec["metric_notes"]["diversity_data"] > 0
 
 
 def test_unsupported_task_lists_supported(tmp_path):

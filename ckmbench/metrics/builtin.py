@@ -20,6 +20,7 @@ import numpy as np
 
 from ..hookspecs import hookimpl
 from ..specs import MetricSpec
+from . import diversity as diversity_module
 from . import fid as fid_module
 from . import pixel
 from . import ssim as ssim_module
@@ -70,6 +71,9 @@ METRICS = (
     MetricSpec("psnr", pixel.psnr, True, "per_sample", "10 log10(1/mse), capped at 100 dB", "dB"),
     MetricSpec("ssim", ssim_metric, True, "per_sample", "SSIM, Gaussian window sigma 1.5", ""),
     MetricSpec("fid", fid_metric, False, "distribution", "FID on Inception-v3 pool features", ""),
+    MetricSpec("diversity", diversity_module.diversity, True, "distribution",
+               "mean pairwise RMSE among the predicted maps (the test maps' own: notes.diversity_data)", "",
+               by_default=False),
     MetricSpec("params", cost_field("params", int), False, "cost", "trainable parameters", ""),
     MetricSpec("train_s", cost_field("train_s"), False, "cost", "training wall time", "s"),
     MetricSpec("infer_s_per_map", cost_field("infer_s_per_map"), False, "cost", "inference wall time per map", "s"),

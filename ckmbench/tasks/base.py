@@ -92,6 +92,8 @@ class Task:
     factor: int | None = None
     fit_task: str | None = None
     description: str = ""
+    # the metrics that score this task (None: every metric scored by default)
+    metrics: tuple[str, ...] | None = None
 
     def observe(self, sample: Sample, rng: np.random.Generator) -> dict[str, np.ndarray]:
         raise NotImplementedError

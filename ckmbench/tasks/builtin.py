@@ -185,12 +185,14 @@ class EnvGen(BuiltinTask):
 
 
 class Generate(BuiltinTask):
-    """Unconditional generation: the observation is empty (only sizes and ranges)."""
+    """Unconditional generation: the observation is empty (only sizes and ranges). Scored by
+    FID and diversity only: pixel errors against a paired test map mean nothing here."""
 
     name = "generate"
     kind = "generate"
     provides = ()
     description = "unconditional generation of maps; scored by FID and diversity"
+    metrics = ("fid", "diversity")
 
     def observe(self, sample, rng):
         return {}
