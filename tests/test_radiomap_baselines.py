@@ -10,7 +10,7 @@ import torch
 from ckmbench.data.registry import load_dataset
 from ckmbench.errors import CkmError
 from ckmbench.method import RunContext, TaskData
-from ckmbench_plugins.radiomap import RADIOUNET_PAPER
+from ckmbench_plugins.radiomap import RADIOUNET_PAPER, RADIOUNET_SMALL
 from ckmbench_plugins.radiomap import gan_losses as L
 from ckmbench_plugins.radiomap.radiounet import RadioUNet, from_training_scale, phase_config, to_training_scale
 from ckmbench_plugins.radiomap.ssm import Mamba, selective_scan, selective_scan_loop
@@ -150,6 +150,12 @@ def test_paper_profiles_match_the_official_parameter_counts(reg):
     p = RADIOUNET_PAPER
     assert (p["batch_size"], p["lr"], p["lr_step_epochs"], p["lr_gamma"], p["thresh"]) == (15, 1e-4, 30, 0.1, 0.2)
     assert (p["epochs_u1"], p["epochs_u2"], p["select"], p["lr_schedule"]) == (50, 50, "best", "step")
+    # the small profile departs from the paper only by the devices its docs list
+    s = RADIOUNET_SMALL
+    assert {k for k in p if s[k] != p[k]} == {"width", "epochs_u1", "epochs_u2", "steps_u1", "steps_u2", "lr",
+                                              "lr_step_epochs", "lr_step_every", "val_every_epochs", "val_every",
+                                              "val_max", "checkpoint_every", "log_every"}
+    assert s["lr"] == 1e-3 and s["batch_size"] == 15 and s["thresh"] == 0.2
 
 
 def test_vectorised_selective_scan_matches_the_timestep_loop():
