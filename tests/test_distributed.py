@@ -47,19 +47,24 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path):
     assert (tmp_path / "state" / "toy" / "train_state.pt").exists()  # written by rank 0 alone
 
 
+# physdiff: a training step calls the DDP-wrapped network three times (the x0 loss, then the
+# two-call DDIM of the physics losses) before its one backward pass.
 @pytest.mark.slow
-def test_torchrun_cli_run_stores_one_record(tmp_path):
+@pytest.mark.parametrize("method, task, steps, stages", [("cgdm", "sr4", 12, 1), ("physdiff", "envgen-static", 6, 3)])
+def test_torchrun_cli_run_stores_one_record(tmp_path, method, task, steps, stages):
     ckmbench = shutil.which("ckmbench")
     if ckmbench is None:
         pytest.skip("the ckmbench console script is not installed")
     store = tmp_path / "store.jsonl"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CKMBENCH_STORE": str(store), "CKMBENCH_FITS": str(tmp_path / "fits")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", ckmbench, "run",
-           "-m", "cgdm", "-t", "sr4", "-d", "city-tiny", "-p", "tiny", "--max-test", "2", "--no-progress",
+           "-m", method, "-t", task, "-d", "city-tiny", "-p", "tiny", "--max-test", "2", "--no-progress",
            "--runs-dir", str(tmp_path / "runs"), "--store", str(store)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     records = [json.loads(line) for line in store.read_text().splitlines() if line.strip()]
     assert len(records) == 1 and records[0]["status"] == "done"
-    assert records[0]["fit"]["source"] == "trained" and records[0]["fit"]["steps_done"] == 12
+    assert records[0]["fit"]["source"] == "trained" and records[0]["fit"]["steps_done"] == steps
+    states = [torch.load(f, map_location="cpu", weights_only=True) for f in (tmp_path / "fits").rglob("train_state.pt")]
+    assert len(states) == stages and all(state["world_size"] == 2 for state in states)  # each stage on both ranks
     assert len(list((tmp_path / "runs").iterdir())) == 1
