@@ -20,10 +20,9 @@ import argparse
 
 import torch
 
-from ckmbench.fitting import fit_method
-from ckmbench.method import RunContext
-from ckmbench.plugins import registry
-from ckmbench.runner import RunConfig, TaskData, prepare
+from ckmbench.runner import RunConfig, TaskData
+
+from fitted import load_fitted
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
@@ -42,21 +41,9 @@ def main() -> None:
     ap.add_argument("--t", default="20,100,300,600,999", help="noise levels for the one-call x0 estimate")
     args = ap.parse_args()
 
-    reg = registry()
-    cfg = RunConfig(method=args.method, task=args.task, dataset=args.dataset, profile=args.profile,
-                    max_test=args.max_test, progress=False)
-    prep = prepare(cfg, reg)
-    method = prep.spec.factory(args.profile, prep.hparams)
-    ctx = RunContext(device=torch.device("cpu"), seed=0, profile=args.profile, hparams=prep.hparams, run_dir=None,
-                     progress=False)
-    empty = prep.test.take([])
-    train = TaskData(prep.train if prep.train is not None else empty, prep.train_task, 0)
-    val = TaskData(prep.val if prep.val is not None else empty, prep.train_task, 0)
-    _, version = reg.distribution_of("methods", prep.spec.name)
-    fit = fit_method(method, prep.spec, version=version, train_task=prep.train_task, train_name=args.dataset,
-                     train_hash=prep.train_dataset_hash, profile=args.profile, hparams=prep.hparams, seed=0,
-                     train=train, val=val, ctx=ctx, registry=reg)
-    print(f"fit: {fit.get('source')} {fit.get('key')} ({fit.get('steps_done')} steps)")
+    fitted = load_fitted(RunConfig(method=args.method, task=args.task, dataset=args.dataset, profile=args.profile,
+                                   max_test=args.max_test, progress=False))
+    method, prep = fitted.method, fitted.prep
 
     obs, target, _ = TaskData(prep.test, prep.task, 0).batch_at(list(range(len(prep.test))))
     net = method.net.eval()

@@ -221,3 +221,29 @@ def test_paper_profile_parameter_count():
     assert abs(total - 253.0e6) / 253.0e6 < 0.15
     assert sum(p.numel() for p in method.net.encoder.parameters()) == 27_519_354  # Swin-T without its classifier
     assert (method.num_parameters(), total) == (213_137_117, 246_095_594)  # trainable; + VAE decoder 32.96 M
+
+
+def test_the_physics_loss_diagnosis_reports_each_map(capsys, monkeypatch):
+    """benchmarks/diagnose_physics_losses.py (quoted in the docs) runs on a tiny fit and prints
+    PSNR and the three terms for the autoencoder floor, the two-call x̂0 and the prediction."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "diagnose_physics_losses.py"
+    monkeypatch.syspath_prepend(str(path.parent))
+    spec = importlib.util.spec_from_file_location("diagnose_physics_losses", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(sys, "argv", ["diagnose", "--dataset", DATASET, "--profile", "tiny", "--max-test", "3",
+                                      "--set", "pyramid_loss=false"])
+    script.main()
+    out = capsys.readouterr().out
+    assert "with pyramid_loss=false" in out  # the override reached the fit
+    rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith(("| map", "| ---"))]
+    names = [r.split(" | ")[0].strip("| ") for r in rows]
+    assert names == ["autoencoder reconstruction (the floor)", "two-call DDIM x̂0 (what the losses see, I = 1)",
+                     "prediction as scored"]
+    for r in rows:
+        psnr_db, *terms = (float(v) for v in r.strip("| ").split(" | ")[1:])
+        assert 0 < psnr_db < 100 and len(terms) == 3 and all(0 <= t < 10 for t in terms)

@@ -301,6 +301,7 @@ def test_the_diagnosis_script_reports_every_estimate(capsys, monkeypatch):
     import sys
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "diagnose_pixel_diffusion.py"
+    monkeypatch.syspath_prepend(str(path.parent))  # as `python benchmarks/...` runs it: its helper beside it
     spec = importlib.util.spec_from_file_location("diagnose_pixel_diffusion", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
