@@ -26,12 +26,7 @@ from ckmbench.latent.physics_losses import edge_loss, pyramid_loss, region_loss
 from ckmbench.runner import RunConfig, TaskData
 from ckmbench_plugins.latent.regionunet import fitted_regionunet, region_hparams
 
-from fitted import load_fitted
-
-
-def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
-    mse = ((pred - target) ** 2).flatten(1).mean(1)
-    return float((10 * torch.log10(1 / mse)).mean())
+from fitted import load_fitted, mean_psnr
 
 
 def terms(method, regions, u_hat, target, env) -> dict:
@@ -39,7 +34,7 @@ def terms(method, regions, u_hat, target, env) -> dict:
     hp = method.hparams
     with torch.no_grad():
         return {
-            "PSNR (dB)": psnr(u_hat.clamp(0, 1), target),
+            "PSNR (dB)": mean_psnr(u_hat.clamp(0, 1), target),
             "edge": float(edge_loss(u_hat, target, float(hp["edge_threshold"]))),
             "regional": float(region_loss(regions.probabilities(u_hat, env), regions.probabilities(target, env))),
             "pyramid": float(pyramid_loss(u_hat, target, int(hp["pyramid_levels"]))),

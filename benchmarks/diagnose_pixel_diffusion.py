@@ -22,12 +22,7 @@ import torch
 
 from ckmbench.runner import RunConfig, TaskData
 
-from fitted import load_fitted
-
-
-def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
-    mse = ((pred - target) ** 2).flatten(1).mean(1)
-    return float((10 * torch.log10(1 / mse)).mean())
+from fitted import load_fitted, mean_psnr
 
 
 def main() -> None:
@@ -49,14 +44,14 @@ def main() -> None:
     net = method.net.eval()
     up = method.upsampled(obs)
     cond, clip = method.condition(up), method.clip_range(up)
-    rows = [("conditioning (upsampled measurements)", psnr(up.clamp(0, 1), target))]
+    rows = [("conditioning (upsampled measurements)", mean_psnr(up.clamp(0, 1), target))]
     samples = []
     with torch.no_grad():
         for k in range(args.samples):
             x = method.sample(net, cond, torch.Generator().manual_seed(100 + k), None, clip)
             samples.append(method.decode(x, up))
-            rows.append((f"sample {k + 1}", psnr(samples[-1], target)))
-            rows.append((f"mean of samples 1-{k + 1}", psnr(torch.stack(samples).mean(0), target)))
+            rows.append((f"sample {k + 1}", mean_psnr(samples[-1], target)))
+            rows.append((f"mean of samples 1-{k + 1}", mean_psnr(torch.stack(samples).mean(0), target)))
         x0 = method.encode(target, up)
         fn = method.model_fn(net, cond)
         lo, hi = clip
@@ -65,7 +60,7 @@ def main() -> None:
             noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(7))
             xt = method.diffusion.q_sample(x0, tt, noise)
             x0_hat, _ = method.diffusion.split(xt, tt, fn(xt, tt))
-            rows.append((f"one-call x0 estimate at t = {t}", psnr(method.decode(torch.clamp(x0_hat, lo, hi), up), target)))
+            rows.append((f"one-call x0 estimate at t = {t}", mean_psnr(method.decode(torch.clamp(x0_hat, lo, hi), up), target)))
     print(f"\n{args.method} {args.task} on {args.dataset}, {len(prep.test)} test maps\n")
     print("| estimate | PSNR (dB) |\n| --- | --- |")
     for name, value in rows:

@@ -1,4 +1,5 @@
-"""The diagnostic scripts' shared step: a method's fit, loaded exactly as ``ckmbench run`` loads it."""
+"""What the diagnostic scripts share: a method's fit, loaded exactly as ``ckmbench run`` loads it, and
+the benchmark's own PSNR."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 
 from ckmbench.fitting import fit_method
 from ckmbench.method import RunContext
+from ckmbench.metrics.pixel import psnr
 from ckmbench.plugins import registry
 from ckmbench.runner import Prepared, RunConfig, TaskData, prepare
 
@@ -39,3 +41,8 @@ def load_fitted(cfg: RunConfig) -> Fitted:
                      train=train, val=val, ctx=ctx, registry=reg)
     print(f"fit: {fit.get('source')} {fit.get('key')} ({fit.get('steps_done')} steps)")
     return Fitted(method, prep, ctx, train, val, fit)
+
+
+def mean_psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """The mean over maps of the PSNR the leaderboards report (peak 1, capped)."""
+    return float(psnr(pred, target).mean())
