@@ -32,6 +32,8 @@ from .results import atomic_write_bytes
 
 BASE_METRICS = ("mse", "rmse", "nmse", "mse_gain", "rmse_gain_db", "psnr", "ssim", "fid", "diversity")
 METRIC_SUFFIXES = ("outdoor", "hole")
+# The built-in MetricSpecs' directions, kept here so rendering a store loads no metric code
+# (tests/test_leaderboard.py checks the two agree).
 HIGHER_IS_BETTER = frozenset({"psnr", "ssim", "diversity"})
 # Region metrics shown in the main table too; the first present is the ranking metric: the
 # error outside buildings is what a radio map is for (whole-map metrics count building pixels).

@@ -346,3 +346,13 @@ def test_incremental_rebuild_renders_only_changed_tables_same_bytes(records, tmp
     full = _build(changed, tmp_path, reported, out="full", incremental=False)
     as_bytes = lambda files, root: {p.relative_to(root).as_posix(): p.read_bytes() for p in files}
     assert as_bytes(inc, tmp_path / "inc") == as_bytes(full, tmp_path / "full")
+
+
+def test_metric_names_and_directions_agree_with_the_builtin_metric_specs():
+    """The leaderboard's copy of the scored metrics and their directions is the built-in
+    MetricSpecs' own: a metric added to one and not the other would be shown or ranked wrongly."""
+    from ckmbench.metrics.builtin import METRICS
+
+    scored = {s.name: s for s in METRICS if s.kind != "cost"}
+    assert set(leaderboard.BASE_METRICS) == set(scored)
+    assert leaderboard.HIGHER_IS_BETTER == {name for name, s in scored.items() if s.higher_is_better}

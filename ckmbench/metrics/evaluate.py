@@ -64,7 +64,7 @@ def _select(reg, metrics) -> dict[str, object]:
     """The registered metrics to score (by name), plus the per-sample inputs aggregates need."""
     specs = {name: s for name, s in reg.items["metrics"].items() if s.kind in SCORED_KINDS}
     if metrics is None:
-        return {name: s for name, s in specs.items() if getattr(s, "by_default", True)}
+        return {name: s for name, s in specs.items() if s.by_default}
     chosen = {}
     for name in metrics:
         base = name.split("@", 1)[0]
