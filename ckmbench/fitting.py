@@ -102,7 +102,7 @@ def _dependency_fitter(registry, ctx, **common):
         if ctx.amp:
             hparams["amp"] = ctx.amp
         method = spec.factory(common["profile"], hparams)
-        _, version = registry.distribution_of("methods", spec.name)
+        _, version = registry.method_version(spec.name)
         sub = copy.copy(ctx)
         sub.extras = {}
         fit_method(method, spec, version=version, hparams=hparams, ctx=sub, registry=registry, **common)

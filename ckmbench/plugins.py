@@ -80,6 +80,12 @@ class Registry:
         info = self.owner[(kind, name)]
         return info.distribution, info.version
 
+    def method_version(self, name: str) -> tuple[str, str]:
+        """(distribution, version) of a method, its own revision joined: ``0.1.0+2``."""
+        dist, version = self.distribution_of("methods", name)
+        revision = self.method(name).version
+        return dist, f"{version}+{revision}" if revision else version
+
 
 def _disabled() -> set[str]:
     raw = os.environ.get("CKMBENCH_DISABLE_PLUGINS", "")

@@ -30,6 +30,10 @@ class MethodSpec:
     # Optional folder of fits shipped with the plugin (read-only, same layout as the fit
     # cache): a run whose fit is there scores it without training (docs/training.md).
     fits_dir: str | None = None
+    # Revision of the method's code within its distribution: bumped when a change alters what
+    # a fit computes, so fits (cached or shipped) of the older code are never reused. Joins
+    # the distribution version in records and fit keys as ``<dist version>+<version>``.
+    version: str = ""
 
     def supports(self, task_name: str) -> bool:
         """Exact names; a paper-protocol variant ``<task>@<protocol>`` is supported with its task."""

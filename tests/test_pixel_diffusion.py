@@ -316,3 +316,46 @@ def test_the_diagnosis_script_reports_every_estimate(capsys, monkeypatch):
     values = [float(r.split(" | ")[1].strip(" |")) for r in rows]
     assert all(v == v and 0 < v < 100 for v in values)  # finite PSNRs in dB
     assert values[1] == values[2]  # the mean of one sample is that sample
+
+
+@pytest.mark.parametrize("profile", ["tiny", "small", "paper"])
+def test_cgdm_res_blocks_drop_out_inside_both_halves(reg, profile):
+    """S2 eq. 40: g(.) = conv(dropout(swish(GN(.)))) twice per Res+ block, at every profile."""
+    from ckmbench.diffusion.unet import ResBlock
+
+    spec = reg.method("cgdm")
+    hp = dict(spec.profiles[profile])
+    net = spec.factory(profile, hp).net if profile != "paper" else None
+    if net is None:  # the paper network is large: one Res+ block built from the paper's keys
+        from ckmbench.diffusion.unet import CGDM_PAPER_CONFIG
+
+        assert hp["dropout_placement"] == CGDM_PAPER_CONFIG["dropout_placement"] == "both"
+        net = ResBlock(64, 128, 64, hp["dropout"], hp["norm_groups"], hp["dropout_placement"])
+    blocks = [m for m in net.modules() if isinstance(m, ResBlock)]
+    assert blocks and all(isinstance(b.dropout1, torch.nn.Dropout) and isinstance(b.dropout, torch.nn.Dropout)
+                          for b in blocks)
+    block = blocks[0].train()
+    torch.manual_seed(0)
+    x, temb = torch.randn(2, block.c_in, 8, 8), torch.randn(2, block.temb_proj.in_features)
+    # with the second dropout disabled, the first one alone still makes training passes differ
+    block.dropout = torch.nn.Identity()
+    assert not torch.equal(block(x, temb), block(x, temb))
+
+
+def test_a_method_revision_joins_its_version_and_fit_key(reg):
+    """Bumping MethodSpec.version keeps fits of the older code from being reused."""
+    import dataclasses
+
+    from ckmbench.fitcache import fit_key
+
+    dist_version = reg.distribution_of("methods", "cgdm")[1]
+    assert reg.method_version("cgdm") == ("ckmbench", f"{dist_version}+2")
+    assert reg.method_version("bilinear") == ("ckmbench", dist_version)
+    old = dataclasses.replace(reg.method("cgdm"), version="")
+    reg.items["methods"]["cgdm"] = old
+    try:
+        assert reg.method_version("cgdm")[1] == dist_version
+    finally:
+        reg.items["methods"]["cgdm"] = dataclasses.replace(old, version="2")
+    keys = {fit_key("cgdm", v, "sr4", "h", "small", {}, 0) for v in (dist_version, f"{dist_version}+2")}
+    assert len(keys) == 2

@@ -34,7 +34,8 @@ __all__ = ["SR3UNet", "ResBlock", "Shortcut", "SelfAttention", "timestep_embeddi
            "CGDM_PAPER_CONFIG"]
 
 CGDM_PAPER_CONFIG = dict(in_channels=6, out_channels=3, base=64, mults=(1, 2, 4, 8, 16), num_res_blocks=2,
-                         dropout=0.1, attn_resolutions=(), norm_groups=32, image_size=128)
+                         dropout=0.1, attn_resolutions=(), norm_groups=32, image_size=128,
+                         dropout_placement="both")
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -56,13 +57,25 @@ class Swish(nn.Module):
         return F.silu(x)
 
 
+# Where a Res+ block applies dropout: "second" (SR3's code, before the second conv only) or
+# "both" (S2 eq. 40, inside both g(.) of the block).
+DROPOUT_PLACEMENTS = ("second", "both")
+
+
 class ResBlock(nn.Module):
     """SR3 Res+ block. ``skipped = True`` makes it return ``shortcut(x)`` only."""
 
-    def __init__(self, c_in: int, c_out: int, temb_dim: int, dropout: float = 0.0, norm_groups: int = 32):
+    def __init__(self, c_in: int, c_out: int, temb_dim: int, dropout: float = 0.0, norm_groups: int = 32,
+                 dropout_placement: str = "second"):
         super().__init__()
+        if dropout_placement not in DROPOUT_PLACEMENTS:
+            raise ValueError(f"dropout_placement must be one of {DROPOUT_PLACEMENTS}, got {dropout_placement!r}")
         self.c_in, self.c_out = c_in, c_out
         self.norm1 = nn.GroupNorm(norm_groups, c_in)
+        # S2 eq. 40: g(.) = conv(dropout(swish(GN(.)))) in both halves of the block; SR3's code
+        # drops out only before the second conv (a stateless module: no parameter changes).
+        both = dropout_placement == "both" and dropout > 0
+        self.dropout1 = nn.Dropout(dropout) if both else nn.Identity()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.temb_proj = nn.Linear(temb_dim, c_out)
         self.norm2 = nn.GroupNorm(norm_groups, c_out)
@@ -74,7 +87,7 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         if self.skipped:
             return self.shortcut(x)
-        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv1(self.dropout1(F.silu(self.norm1(x))))
         h = h + self.temb_proj(temb)[:, :, None, None]
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         return h + self.shortcut(x)
@@ -137,7 +150,7 @@ class SR3UNet(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, base: int = 64, mults=(1, 2, 4, 8, 16),
                  num_res_blocks: int = 2, dropout: float = 0.1, attn_resolutions: tuple = (),
-                 norm_groups: int = 32, image_size: int = 128):
+                 norm_groups: int = 32, image_size: int = 128, dropout_placement: str = "second"):
         super().__init__()
         mults = tuple(int(m) for m in mults)
         attn_resolutions = tuple(int(a) for a in attn_resolutions)
@@ -150,7 +163,7 @@ class SR3UNet(nn.Module):
             raise ValueError(f"attn_resolutions are level indices in [0, {L - 1}], got {attn_resolutions}")
         self.config = dict(in_channels=in_channels, out_channels=out_channels, base=base, mults=mults,
                            num_res_blocks=num_res_blocks, dropout=dropout, attn_resolutions=attn_resolutions,
-                           norm_groups=norm_groups, image_size=image_size)
+                           norm_groups=norm_groups, image_size=image_size, dropout_placement=dropout_placement)
         self.base, self.num_levels, self.min_size = base, L, 2 ** (L - 1)
         tdim = base
         self.time_mlp = nn.Sequential(nn.Linear(base, 4 * base), Swish(), nn.Linear(4 * base, tdim))
@@ -162,7 +175,7 @@ class SR3UNet(nn.Module):
         for lvl, m in enumerate(mults):
             level = _Level()
             for _ in range(num_res_blocks):
-                level.res.append(ResBlock(ch, base * m, tdim, dropout, norm_groups))
+                level.res.append(ResBlock(ch, base * m, tdim, dropout, norm_groups, dropout_placement))
                 ch = base * m
                 level.attn.append(SelfAttention(ch, norm_groups) if lvl in attn_resolutions else nn.Identity())
                 skips.append(ch)
@@ -172,16 +185,17 @@ class SR3UNet(nn.Module):
             self.down.append(level)
 
         self.mid = _Level()
-        self.mid.res.append(ResBlock(ch, ch, tdim, dropout, norm_groups))
+        self.mid.res.append(ResBlock(ch, ch, tdim, dropout, norm_groups, dropout_placement))
         self.mid.attn.append(SelfAttention(ch, norm_groups))
-        self.mid.res.append(ResBlock(ch, ch, tdim, dropout, norm_groups))
+        self.mid.res.append(ResBlock(ch, ch, tdim, dropout, norm_groups, dropout_placement))
         self.mid.attn.append(nn.Identity())
 
         ups: list[_Level] = [None] * L  # type: ignore[list-item]
         for lvl in reversed(range(L)):
             level = _Level()
             for _ in range(num_res_blocks + 1):
-                level.res.append(ResBlock(ch + skips.pop(), base * mults[lvl], tdim, dropout, norm_groups))
+                level.res.append(ResBlock(ch + skips.pop(), base * mults[lvl], tdim, dropout, norm_groups,
+                                          dropout_placement))
                 ch = base * mults[lvl]
                 level.attn.append(SelfAttention(ch, norm_groups) if lvl in attn_resolutions else nn.Identity())
             if lvl > 0:

@@ -30,7 +30,8 @@ from ckmbench_plugins.baselines.problem import lr_mode_of
 
 # Keys of the profiles that only change prediction, so a new sampler setting reuses the fit.
 PREDICT_HPARAMS = ("sampler", "sample_steps", "eta", "predict_batch")
-ARCH_KEYS = ("base", "mults", "num_res_blocks", "dropout", "attn_resolutions", "norm_groups", "image_channels")
+ARCH_KEYS = ("base", "mults", "num_res_blocks", "dropout", "dropout_placement", "attn_resolutions", "norm_groups",
+             "image_channels")
 
 
 class SRDiffusion(Method):
@@ -58,7 +59,8 @@ class SRDiffusion(Method):
         return SR3UNet(in_channels=2 * self.channels, out_channels=self.channels, base=int(hp["base"]),
                        mults=tuple(hp["mults"]), num_res_blocks=int(hp["num_res_blocks"]),
                        dropout=float(hp["dropout"]), attn_resolutions=tuple(hp.get("attn_resolutions", ())),
-                       norm_groups=int(hp.get("norm_groups", 32)), image_size=int(hp.get("image_size", 64)))
+                       norm_groups=int(hp.get("norm_groups", 32)), image_size=int(hp.get("image_size", 64)),
+                       dropout_placement=hp.get("dropout_placement", "second"))
 
     # ------------------------------------------------------------ representation
     def upsampled(self, obs) -> torch.Tensor:
