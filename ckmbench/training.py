@@ -70,7 +70,8 @@ class TrainConfig:
     momentum: float = 0.9  # sgd only
     grad_clip: float | None = 1.0
     # norm: global L2 norm <= grad_clip; value: every gradient entry in [-grad_clip, grad_clip];
-    # adjustable: entries in [-grad_clip/lr_t, grad_clip/lr_t] at the current lr (VDSR, DRRN)
+    # adjustable: entries in [-grad_clip/lr_t, grad_clip/lr_t] at the current lr (VDSR's paper);
+    # adjustable-norm: global L2 norm <= grad_clip/lr_t (DRRN's official Caffe patch)
     grad_clip_mode: str = "norm"
     ema_decay: float | None = None
     ema_start: int = 0
@@ -105,8 +106,8 @@ class TrainConfig:
             bad.append(f"lr_schedule={self.lr_schedule!r} (constant, linear, cosine or step)")
         if self.optimizer not in ("adam", "adamw", "sgd"):
             bad.append(f"optimizer={self.optimizer!r} (adam, adamw or sgd)")
-        if self.grad_clip_mode not in ("norm", "value", "adjustable"):
-            bad.append(f"grad_clip_mode={self.grad_clip_mode!r} (norm, value or adjustable)")
+        if self.grad_clip_mode not in ("norm", "value", "adjustable", "adjustable-norm"):
+            bad.append(f"grad_clip_mode={self.grad_clip_mode!r} (norm, value, adjustable or adjustable-norm)")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             bad.append(f"ema_decay={self.ema_decay!r} (in (0, 1), or null)")
         if self.select not in ("last", "best"):
@@ -323,7 +324,9 @@ def clip_gradients(params: list, cfg: TrainConfig, optimizer) -> None:
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     elif cfg.grad_clip_mode == "value":
         torch.nn.utils.clip_grad_value_(params, cfg.grad_clip)
-    else:  # adjustable (Kim et al. VDSR, used by DRRN): theta / current learning rate
+    elif cfg.grad_clip_mode == "adjustable-norm":  # DRRN's code: Caffe's norm clip at theta / current lr
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip / optimizer.param_groups[0]["lr"])
+    else:  # adjustable (Kim et al. VDSR): theta / current learning rate, entry by entry
         torch.nn.utils.clip_grad_value_(params, cfg.grad_clip / optimizer.param_groups[0]["lr"])
 
 

@@ -15,7 +15,7 @@ from ckmbench.runner import RunConfig, run
 from ckmbench_plugins.srbaselines import (CGAN_PAPER, DRRN_PAPER, SRGAN_PAPER, SRRESNET_PAPER, SRRESNET_SMALL)
 from ckmbench_plugins.srbaselines.cgan import PatchGAN, UnetGenerator
 from ckmbench_plugins.srbaselines.common import upsampled
-from ckmbench_plugins.srbaselines.drrn import DRRN
+from ckmbench_plugins.srbaselines.drrn import DRRN, euclidean_loss
 from ckmbench_plugins.srbaselines.srresnet import SRResNet
 
 from train_helpers import cache_fitter, crash_then_resume, fixed_batch_losses, one_thread, reg  # noqa: F401 (fixtures: one thread, registry)
@@ -212,10 +212,60 @@ def test_paper_profiles_match_the_papers_parameter_counts():
     assert SRGAN_PAPER["blocks"] == 16 and SRGAN_PAPER["adv_weight"] == 1e-3 and SRGAN_PAPER["lr"] == 1e-4
     assert SRRESNET_SMALL["blocks"] == 16 and SRRESNET_SMALL["width"] == 64  # small keeps the paper's network
     drrn = DRRN(1, DRRN_PAPER["width"], DRRN_PAPER["units"])
-    assert abs(count_parameters(drrn) - 297e3) / 297e3 < 0.01 and drrn.conv_layers() == 52  # Tai et al.: 297 K
+    conv_weights = sum(m.weight.numel() for m in drrn.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv_weights == 297_216 and drrn.conv_layers() == 52  # Tai et al.'s 297 K: the conv weights
+    assert count_parameters(drrn) == 310_659  # + conv biases and the 52 BatchNorm scales and shifts
     unet = count(lambda: UnetGenerator(3, 3, CGAN_PAPER["num_downs"], CGAN_PAPER["ngf"]))
     patch = count(lambda: PatchGAN(6, CGAN_PAPER["ndf"], CGAN_PAPER["n_layers"]))
     assert abs(unet - 54.41e6) / 54.41e6 < 0.01 and abs(patch - 2.77e6) / 2.77e6 < 0.01  # pix2pix's unet_256, 70x70
+
+
+def test_drrn_shares_only_its_convolutions_across_the_recursions():
+    """The official B1U25: conv_a/conv_b are shared (RB1_wa/RB1_wb); each unit has its own two
+    BatchNorm + Scale; BN-ReLU on the input before the first conv; BN-ReLU before the last."""
+    units, width = 3, 8
+    net = DRRN(1, width, units)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 2 * units + 2 and len({id(m) for m in norms}) == len(norms)
+    assert isinstance(net.head[0][0], torch.nn.BatchNorm2d) and net.head[0][0].num_features == 1
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 4 and net.conv_layers() == 1 + 2 * units + 1  # shared convs: 4 modules, 2U+2 on the path
+    # eval: unit u normalises with its own running statistics, so changing one unit's changes the output
+    net.eval()
+    x = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    before = net(x)
+    with torch.no_grad():
+        net.norms[1][0][0].running_mean.fill_(0.5)
+    assert not torch.allclose(before, net(x))
+
+
+def test_drrn_starts_from_msra_weights_and_zero_biases():
+    torch.manual_seed(0)
+    net = DRRN(1, 128, 1)
+    for conv in (net.conv_a, net.conv_b):
+        fan_in = conv.weight[0].numel()
+        assert abs(float(conv.weight.detach().std()) - math.sqrt(2 / fan_in)) < 0.03 * math.sqrt(2 / fan_in)
+        assert float(conv.bias.detach().abs().max()) == 0.0
+
+
+def test_drrn_trains_as_its_official_solver(reg):
+    """lr 0.1 halved every 65,360 iterations; clip_gradients 0.01 through the authors' Caffe patch
+    (global L2 norm <= theta / lr); Caffe's EuclideanLoss (sum / (2 batch))."""
+    from ckmbench.training import TrainConfig, clip_gradients, lr_lambda, make_optimizer
+
+    assert reg.method("drrn").version == "2"
+    assert (DRRN_PAPER["lr"], DRRN_PAPER["lr_gamma"], DRRN_PAPER["lr_step_every"]) == (0.1, 0.5, 65_360)
+    cfg = TrainConfig.from_hparams(DRRN_PAPER)
+    param = torch.nn.Parameter(torch.zeros(4))
+    opt, _ = make_optimizer([param], cfg)
+    assert lr_lambda(cfg)(65_359) == 1.0 and lr_lambda(cfg)(65_360) == 0.5 and lr_lambda(cfg)(130_720) == 0.25
+    opt.param_groups[0]["lr"] = 0.1 * lr_lambda(cfg)(65_360)
+    param.grad = torch.tensor([3.0, 4.0, 0.0, 0.0])  # norm 5; per entry up to 4
+    clip_gradients([param], cfg, opt)
+    assert math.isclose(float(param.grad.norm()), 0.01 / 0.05, rel_tol=1e-5)  # norm theta / lr = 0.2
+    assert math.isclose(float(param.grad[0] / param.grad[1]), 0.75, rel_tol=1e-5)  # the direction is kept
+    pred, target = torch.ones(2, 1, 3, 3), torch.zeros(2, 1, 3, 3)
+    assert float(euclidean_loss(pred, target)) == 18 / 4
 
 
 def test_the_fit_key_holds_the_vgg_file_content_not_its_path(reg, tmp_path, monkeypatch):

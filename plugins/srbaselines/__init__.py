@@ -46,13 +46,15 @@ SRGAN_TINY = dict(SRRESNET_TINY, **{**_GAN, "d_width": 8, "init_from": None}, st
                   d_lr_step_every=4, d_pool=2)
 VGG = dict(vgg_weights=None)
 
-# Tai et al. §4.1: B1U25, 128 channels, Y channel, 31x31 patches, batch 128, SGD momentum 0.9,
-# weight decay 1e-4, lr 0.1 divided by 10 every 10 of 50 epochs, adjustable clipping theta 0.01.
-# Length: S2 trains its baselines with CGDM's 500k iterations (the 10-epoch steps become 100k).
+# DRRN as its official Caffe solver (DRRN_B1U25_52C128_solver.prototxt): B1U25, 128 channels, Y
+# channel, 31x31 patches, batch 128, SGD momentum 0.9, weight decay 1e-4, lr 0.1 halved every 65,360
+# iterations (10 of its 6,536-iteration epochs), clip_gradients 0.01 through the authors' Caffe
+# patch (global L2 norm <= 0.01 / lr). Length: S2 trains its baselines with CGDM's 500k iterations.
 DRRN_PAPER = dict(_RUN, width=128, units=25, image_channels=1, crop=31, steps=500_000, batch_size=128, lr=0.1,
-                  optimizer="sgd", momentum=0.9, weight_decay=1e-4, lr_schedule="step", lr_step_every=100_000,
-                  lr_gamma=0.1, grad_clip=0.01, grad_clip_mode="adjustable", checkpoint_every=5000, log_every=100)
-# small: width 16 (0.35 s a step on one core at 31^2, batch 16), 4,000 steps, the decay every fifth of the run
+                  optimizer="sgd", momentum=0.9, weight_decay=1e-4, lr_schedule="step", lr_step_every=65_360,
+                  lr_gamma=0.5, grad_clip=0.01, grad_clip_mode="adjustable-norm", checkpoint_every=5000,
+                  log_every=100)
+# small: width 16 (0.35 s a step on one core at 31^2, batch 16), 4,000 steps, the halving every fifth of the run
 DRRN_SMALL = dict(DRRN_PAPER, width=16, batch_size=16, steps=4000, lr_step_every=800, checkpoint_every=250,
                   log_every=50)
 DRRN_TINY = dict(DRRN_SMALL, width=8, units=3, crop=None, steps=8, batch_size=4, lr_step_every=4,
@@ -78,6 +80,10 @@ CGAN_SMALL = dict(CGAN_PAPER, num_downs=6, ngf=32, ndf=32, batch_size=16, steps=
 CGAN_TINY = dict(CGAN_SMALL, num_downs=5, ngf=4, ndf=4, batch_size=4, steps=8, checkpoint_every=4, log_every=4)
 
 
+# Revision of a method's code (MethodSpec.version): bumped when a change alters what its fits
+# compute. drrn 2: as its official prototxt and solver.
+REVISIONS = {"drrn": "2"}
+
 # name: (class, tasks, (tiny, small, paper), description)
 SPECS = {
     "srresnet": (SRResNetMethod, SR_FAMILY, (SRRESNET_TINY, SRRESNET_SMALL, SRRESNET_PAPER),
@@ -87,7 +93,7 @@ SPECS = {
     "srgan": (SRGANMethod, SR_FAMILY, tuple({**p, **VGG} for p in (SRGAN_TINY, SRGAN_SMALL, SRGAN_PAPER)),
               "SRGAN (Ledig et al.): VGG54 + 1e-3 adversarial; needs local VGG19 weights"),
     "drrn": (DRRNMethod, SR_FAMILY, (DRRN_TINY, DRRN_SMALL, DRRN_PAPER),
-             "DRRN B1U25 (Tai et al.): 25 weight-shared residual units on the bicubic input"),
+             "DRRN B1U25 (Tai et al.): 25 residual units sharing their convs on the bicubic input"),
     "cvae": (CVAEMethod, SR_FAMILY, (CVAE_TINY, CVAE_SMALL, CVAE_PAPER),
              "C-VAE (CGDM's baseline): conditional VAE on the upsampled map, scored at the prior mean"),
     "cgan": (CGANMethod, CGAN_TASKS, (CGAN_TINY, CGAN_SMALL, CGAN_PAPER),
@@ -97,7 +103,8 @@ SPECS = {
 
 def srbaseline_specs() -> list[MethodSpec]:
     return [MethodSpec(name=name, factory=cls, tasks=tasks, kind="learned", description=text,
-                       profiles=dict(zip(("tiny", "small", "paper"), (dict(p) for p in profiles))))
+                       profiles=dict(zip(("tiny", "small", "paper"), (dict(p) for p in profiles))),
+                       version=REVISIONS.get(name, ""))
             for name, (cls, tasks, profiles, text) in SPECS.items()]
 
 
