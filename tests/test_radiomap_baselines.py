@@ -146,7 +146,8 @@ def test_paper_profiles_match_the_official_parameter_counts(reg):
     assert abs(gan.num_parameters() - 16.0e6) / 16.0e6 < 0.15
     assert abs(sum(p.numel() for p in gan.disc.parameters()) - 2.77e6) / 2.77e6 < 0.01  # the code's DCGAN D
     g = reg.method("rme-gan").profiles["paper"]
-    assert (g["batch_size"], g["lr"], g["lr_step_epochs"], g["epochs_global"], g["epochs_local"]) == (30, 1e-3, 25, 50, 50)
+    # batch 15: the code's GANTrain default (its train.py's batch_size = 30 reaches no loader GANTrain reads)
+    assert (g["batch_size"], g["lr"], g["lr_step_epochs"], g["epochs_global"], g["epochs_local"]) == (15, 1e-3, 25, 50, 50)
     p = RADIOUNET_PAPER
     assert (p["batch_size"], p["lr"], p["lr_step_epochs"], p["lr_gamma"], p["thresh"]) == (15, 1e-4, 30, 0.1, 0.2)
     assert (p["epochs_u1"], p["epochs_u2"], p["select"], p["lr_schedule"]) == (50, 50, "best", "step")
@@ -212,6 +213,21 @@ def test_rme_gan_loss_terms_vanish_on_the_target_and_carry_gradients():
     conv = torch.nn.functional.conv2d(torch.nn.functional.conv2d(target, gauss.view(1, 1, 1, -1), padding=(0, 16)),
                                       gauss.view(1, 1, -1, 1), padding=(16, 0))
     assert torch.allclose(L._blur(target, gauss), conv, atol=1e-6)
+
+
+def test_rme_gan_slic_term_is_the_codes_l1_over_100_segments(reg):
+    """GANTrain: n_segments = 100, sigma 5, nn.L1Loss over a (batch, 100) table of peak values."""
+    assert reg.method("rme-gan").version == "2"
+    p = reg.method("rme-gan").profiles["paper"]
+    assert (p["slic_segments"], p["slic_sigma"], p["local_slic"]) == (100, 5.0, 1.0)
+    target = torch.zeros(2, 1, 16, 16)
+    target[:, :, :8, 8:], target[:, :, 8:, :8], target[:, :, 8:, 8:] = 0.3, 0.6, 0.9  # four flat quadrants
+    pred = target + 0.1
+    peaks = L.slic_peaks(target[:, 0].numpy(), 4, 1.0)
+    assert [len(q) for q in peaks] == [4, 4]
+    assert math.isclose(float(L.slic_loss(pred, target, 4, 1.0)), 0.1, rel_tol=1e-5)  # L1, not MSE (0.01)
+    found = len(L.slic_peaks(target[:1, 0].numpy(), 100, 1.0)[0])  # both maps alike: 64 of the table's 100
+    assert found < 100 and math.isclose(float(L.slic_loss(pred, target, 100, 1.0)), 0.1 * found / 100, rel_tol=1e-5)
 
 
 def test_rme_gan_generator_trains_on_its_global_loss_and_keeps_buildings_at_zero(reg, datasets):

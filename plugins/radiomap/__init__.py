@@ -15,6 +15,9 @@ from .rmegan import RMEGAN
 from .uvmnet import UVMNet
 
 ENVGEN_TASKS = ("envgen-static", "envgen-dynamic")
+# Revision of RME-GAN's code (MethodSpec.version), bumped when its fits change. 2: the code's
+# SLIC term (100 segments, L1) and batch 15.
+RMEGAN_REVISION = "2"
 
 # Levie et al.'s code: RadioWNet (13.27 M), thresh 0.2, batch 15, Adam 1e-4, StepLR(30 epochs,
 # 0.1), 50 epochs for the first U-Net, then 50 for the second with the first frozen, MSE,
@@ -46,18 +49,20 @@ UVMNET_SMALL = dict(RADIOUNET_SMALL, **SSM)
 UVMNET_TINY = dict(RADIOUNET_TINY, **{**SSM, "d_state": 4})
 
 # RME-GAN (Zhang et al.): RadioWNet generator + DCGAN discriminator (16.0 M), Adam 1e-3 divided
-# by 10 every 25 epochs (generator and discriminator alike), batch 30, 50 epochs of the global
+# by 10 every 25 epochs (generator and discriminator alike), batch 15 (the code's GANTrain default:
+# its train.py's batch_size = 30 feeds only loaders GANTrain never reads), 50 epochs of the global
 # phase then 50 of the local one from its best generator, best validation MSE kept; the
-# papers' loss weights. No sparse samples (as S3/S4 ran it). mask_buildings: the generator's
-# building pixels are 0 before the losses (without it the global phase collapses to a dead,
-# all-zero output); disc_sigmoid: the code's Sigmoid before BCE-with-logits (bounds the
-# adversarial term). Both are departures or readings argued in docs/methods/radiomap-baselines.md.
+# papers' loss weights, the SLIC term as the code's (100 segments, sigma 5, L1). No sparse samples
+# (as S3/S4 ran it). mask_buildings: the generator's building pixels are 0 before the losses
+# (without it the global phase collapses to a dead, all-zero output); disc_sigmoid: the code's
+# Sigmoid before BCE-with-logits (bounds the adversarial term). Both are departures or readings
+# argued in docs/methods/radiomap-baselines.md.
 RMEGAN_PAPER = dict(
     RADIOUNET_PAPER, epochs_u1=None, epochs_u2=None, epochs_global=50, epochs_local=50, steps_global=None,
-    steps_local=None, batch_size=30, lr=1e-3, lr_step_epochs=25,
+    steps_local=None, batch_size=15, lr=1e-3, lr_step_epochs=25,
     global_adv=10.0, global_mse=1.0, global_tv=10.0, global_cos=10.0,
     local_adv=1.0, local_mse=100.0, local_tv=0.001, local_msssim_l1=84.0, local_power=1.0, local_slic=1.0,
-    msssim_alpha=0.84, slic_segments=50, slic_sigma=5.0, mask_buildings=True, disc_sigmoid=True,
+    msssim_alpha=0.84, slic_segments=100, slic_sigma=5.0, mask_buildings=True, disc_sigmoid=True,
 )
 for _key in ("epochs_u1", "epochs_u2", "steps_u1", "steps_u2"):
     RMEGAN_PAPER.pop(_key)
@@ -87,6 +92,7 @@ def radiomap_specs() -> list[MethodSpec]:
                    description="UVM-Net (RadioDiff's baseline): RadioUNet training with a Mamba block in each U-Net"),
         MethodSpec(name="rme-gan", factory=RMEGAN, tasks=ENVGEN_TASKS, kind="learned",
                    profiles={"tiny": RMEGAN_TINY, "small": RMEGAN_SMALL, "paper": RMEGAN_PAPER},
+                   version=RMEGAN_REVISION,
                    description="RME-GAN (Zhang et al.): RadioWNet + DCGAN discriminator, global then local loss"),
     ]
 
