@@ -268,6 +268,22 @@ def test_drrn_trains_as_its_official_solver(reg):
     assert float(euclidean_loss(pred, target)) == 18 / 4
 
 
+def test_cgan_networks_start_from_pix2pix_normal_init(reg):
+    """pix2pix's init_weights("normal", 0.02) on G and D: conv weights N(0, 0.02), BatchNorm
+    weights N(1, 0.02), biases 0."""
+    assert reg.method("cgan").version == "2"
+    torch.manual_seed(0)
+    for net in (UnetGenerator(2, 1, 6, 16), PatchGAN(3, 16, 3)):
+        convs = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+        norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        weights = torch.cat([m.weight.detach().flatten() for m in convs])
+        gammas = torch.cat([m.weight.detach() for m in norms])
+        biases = [m.bias for m in convs + norms if m.bias is not None]
+        assert abs(float(weights.mean())) < 1e-3 and abs(float(weights.std()) - 0.02) < 1e-3
+        assert abs(float(gammas.mean()) - 1.0) < 0.01 and abs(float(gammas.std()) - 0.02) < 0.005
+        assert biases and all(float(b.detach().abs().max()) == 0.0 for b in biases)
+
+
 def test_the_fit_key_holds_the_vgg_file_content_not_its_path(reg, tmp_path, monkeypatch):
     """Moving the VGG19 file reuses the fit; another file, or one given only by $CKMBENCH_VGG19, does not."""
     from ckmbench.fitcache import fit_hparams

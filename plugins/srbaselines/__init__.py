@@ -81,8 +81,8 @@ CGAN_TINY = dict(CGAN_SMALL, num_downs=5, ngf=4, ndf=4, batch_size=4, steps=8, c
 
 
 # Revision of a method's code (MethodSpec.version): bumped when a change alters what its fits
-# compute. drrn 2: as its official prototxt and solver.
-REVISIONS = {"drrn": "2"}
+# compute. drrn 2: as its official prototxt and solver; cgan 2: pix2pix's N(0, 0.02) initialisation.
+REVISIONS = {"drrn": "2", "cgan": "2"}
 
 # name: (class, tasks, (tiny, small, paper), description)
 SPECS = {

@@ -8,6 +8,7 @@ ReLU and BatchNorm, dropout 0.5 in the three innermost decoder blocks below the 
 (as ``use_dropout``), skip concatenations, tanh output on the map mapped to [−1, 1].
 Discriminator: the 70×70 PatchGAN (n_layers = 3, 64 filters) on [condition, map].
 Loss: G: adversarial (vanilla GAN, −log D) + λ·L1 with λ = 100; D: (BCE(real) + BCE(fake))/2.
+Both networks start from pix2pix's ``init_weights(init_type="normal", init_gain=0.02)``.
 
 Condition channels per task (all mapped by 2x − 1): ``inpaint`` [y, mask]; ``sr*-noisy``
 [y upsampled to the target grid]; ``denoise`` [y]; ``envgen-static`` [buildings, Tx
@@ -27,6 +28,21 @@ from ckmbench_plugins.diffusion.srdiff import pad_to_multiple
 from .common import LearnedBaseline, bce_logits, upsampled
 
 FIELDS = {"inpaint": ("y", "mask"), "sr": ("y_up",), "denoise": ("y",), "envgen": ("buildings", "tx_map")}
+
+
+def pix2pix_init(net: nn.Module, gain: float = 0.02) -> nn.Module:
+    """pix2pix's "normal" initialisation (its ``init_weights``, used by the paper for G and D):
+    conv and linear weights N(0, gain²), BatchNorm weights N(1, gain²), all biases 0."""
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, gain)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, gain)
+        else:
+            continue
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    return net
 
 
 class UnetBlock(nn.Module):
@@ -70,6 +86,7 @@ class UnetGenerator(nn.Module):
         block = UnetBlock(ngf, ngf * 2, sub=block)
         self.model = UnetBlock(c_out, ngf, c_in=c_in, sub=block, outermost=True)
         self.multiple = 2 ** num_downs
+        pix2pix_init(self)
 
     def forward(self, x):
         return self.model(x)
@@ -89,6 +106,7 @@ class PatchGAN(nn.Module):
                        nn.BatchNorm2d(ndf * mult), nn.LeakyReLU(0.2)]
         layers += [nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1)]
         self.model = nn.Sequential(*layers)
+        pix2pix_init(self)
 
     def forward(self, x):
         return self.model(x)
