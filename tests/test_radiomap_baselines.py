@@ -13,7 +13,7 @@ from ckmbench.method import RunContext, TaskData
 from ckmbench_plugins.radiomap import RADIOUNET_PAPER, RADIOUNET_SMALL
 from ckmbench_plugins.radiomap import gan_losses as L
 from ckmbench_plugins.radiomap.radiounet import RadioUNet, from_training_scale, phase_config, to_training_scale
-from ckmbench_plugins.radiomap.ssm import Mamba, selective_scan, selective_scan_loop
+from ckmbench_plugins.radiomap.ssm import Mamba, UVMBlock, selective_scan, selective_scan_loop
 from ckmbench_plugins.radiomap.wnet import RadioWNet
 from train_helpers import cache_fitter, crash_then_resume, fixed_batch_losses, one_thread, reg  # noqa: F401 (fixtures: one thread, registry)
 
@@ -157,6 +157,21 @@ def test_paper_profiles_match_the_official_parameter_counts(reg):
                                               "lr_step_epochs", "lr_step_every", "val_every_epochs", "val_every",
                                               "val_max", "checkpoint_every", "log_every"}
     assert s["lr"] == 1e-3 and s["batch_size"] == 15 and s["thresh"] == 0.2
+
+
+def test_uvm_block_tokens_are_pixels_and_its_gate_ignores_the_batch():
+    """Two documented departures from UVMB: the gate's softmax over channels (UVMB's is over
+    the batch), so a map's output does not depend on the other maps of its batch; a residual
+    around the block."""
+    torch.manual_seed(0)
+    block = UVMBlock(4, d_state=4).eval()
+    x = torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        both, alone = block(x), block(x[:1])
+        assert torch.allclose(both[:1], alone, atol=1e-5)
+        block.smooth.weight.zero_()
+        block.smooth.bias.zero_()
+        assert torch.equal(block(x), x)  # a residual around the block (UVMB has none)
 
 
 def test_vectorised_selective_scan_matches_the_timestep_loop():

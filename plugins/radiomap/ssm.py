@@ -108,12 +108,15 @@ class Mamba(nn.Module):
 
 
 class UVMBlock(nn.Module):
-    """UVM-Net's Bi-SSM block on a feature map (Zheng & Wu's UVMB), sized for any map.
+    """ckmbench's Bi-SSM block after Zheng & Wu's UVMB, sized for any map.
 
-    x + convb(x) → LayerNorm over channels → the pixel sequence (row-major) through Mamba 1,
-    gated by softmax over channels of Mamba 2 → 3×3 smoothing conv, added to the input.
-    UVMB's third Mamba, whose model dimension is the number of pixels (≈100 M parameters at
-    64², and tied to one map size), is left out (docs/methods/radiomap-baselines.md).
+    x + convb(x) → LayerNorm over each pixel's channels → the pixel sequence (row-major)
+    through Mamba 1, gated by a softmax over channels of Mamba 2 → 3×3 smoothing conv, added
+    to the input. Not UVMB's computation: UVMB tokenises by a raw ``reshape(b, -1, c)``
+    (ours transposes: one token per pixel), takes its softmax over the batch axis (ours over
+    channels), has a third Mamba whose model dimension is the number of pixels (left out:
+    ≈100 M parameters at 64², tied to one map size) and no residual around the block (ours
+    adds one); docs/methods/radiomap-baselines.md lists each with the code's lines.
     """
 
     def __init__(self, channels: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, hidden: int = 16):

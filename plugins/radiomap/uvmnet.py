@@ -1,9 +1,10 @@
 """UVM-Net as RadioDiff (S4 §V-D) ran it: RadioUNet's network and training with a Mamba block.
 
-Each U-Net of RadioWNet carries one UVM-Net Bi-SSM block (:class:`.ssm.UVMBlock`) on the
-output of encoder stage ``ssm_stage`` (default 5, the official ``layer20``: 1/8 of the map
-side, 100 channels at the paper width), so the selective scan runs over that stage's pixel
-sequence before it feeds both the deeper stages and its skip connection. Inputs, curriculum,
+Each U-Net of RadioWNet carries one Bi-SSM block after UVM-Net's UVMB (:class:`.ssm.UVMBlock`;
+the docs list where it departs from the official UVMB) on the output of encoder stage
+``ssm_stage`` (default 5, RadioWNet's ``layer20``: 1/8 of the map side, 100 channels at the
+paper width), so the selective scan runs over that stage's pixel sequence before it feeds
+both the deeper stages and its skip connection. Inputs, curriculum,
 losses, optimizer and selection are RadioUNet-c's (docs/methods/radiomap-baselines.md).
 """
 
