@@ -182,6 +182,17 @@ def test_envcf_target_and_input(f):
     np.testing.assert_array_equal(targets[0, 0].numpy(), target)
 
 
+def test_envcf_is_eq5_clipped_to_the_image_range():
+    """S0 eq. 5 is F = G + E; ours is max(G, E), equal to min(G + E, 1) for binary E and G in
+    [0, 1], and different from the unclipped sum only where E = 1 and G > 0 (the Tx pixel)."""
+    sample = analytic_sample()
+    e = (sample.buildings | (builtin.tx_one_hot(sample) > 0.5)).astype(np.float32)
+    fused = operators.envcf(sample.u, sample.buildings, builtin.tx_one_hot(sample))
+    np.testing.assert_array_equal(fused, np.minimum(sample.u + e, 1.0))
+    differ = fused != sample.u + e
+    assert differ.sum() == 1 and differ[10, 12] and sample.u[10, 12] > 0.9  # the Tx pixel alone
+
+
 @pytest.mark.parametrize("f", [2, 8, 16])
 def test_zero_shot_tasks_fit_on_sr4_and_observe_like_srf(f):
     task = TASKS[f"zeroshot-sr{f}"]

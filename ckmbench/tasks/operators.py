@@ -59,7 +59,9 @@ def add_noise(x: np.ndarray, std: float, rng: np.random.Generator) -> np.ndarray
 
 
 def envcf(u: np.ndarray, buildings: np.ndarray, tx_map: np.ndarray) -> np.ndarray:
-    """EnvCDiff's environment-fused map ``max(u, buildings, tx one-hot)`` (eq. 5)."""
+    """EnvCDiff's environment-fused map as ``max(u, buildings, tx one-hot)``: its eq. 5,
+    F = G + E, clipped to the image range [0, 1] (equal for binary E and u in [0, 1]; unclipped,
+    eq. 5 reaches ≈ 2 at the Tx pixel). docs/tasks.md argues the choice."""
     return np.maximum(np.maximum(np.asarray(u, np.float32), buildings.astype(np.float32)),
                       tx_map.astype(np.float32))
 
