@@ -35,7 +35,7 @@ def terms(method, regions, u_hat, target, env) -> dict:
     with torch.no_grad():
         return {
             "PSNR (dB)": mean_psnr(u_hat.clamp(0, 1), target),
-            "edge": float(edge_loss(u_hat, target, float(hp["edge_threshold"]))),
+            "edge": float(edge_loss(u_hat, target, float(hp["edge_alpha"]), float(hp["edge_tau"]))),
             "regional": float(region_loss(regions.probabilities(u_hat, env), regions.probabilities(target, env))),
             "pyramid": float(pyramid_loss(u_hat, target, int(hp["pyramid_levels"]))),
         }

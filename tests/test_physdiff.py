@@ -11,7 +11,8 @@ import torch
 from ckmbench.data.registry import load_dataset
 from ckmbench.errors import CkmError
 from ckmbench.latent.autoencoder import build_autoencoder, vae_hparams
-from ckmbench.latent.physics_losses import edge_loss, edge_map, laplacian_pyramid, pyramid_loss, region_loss
+from ckmbench.latent.physics_losses import (edge_loss, edge_map, laplacian, laplacian_pyramid, pyramid_loss, region_loss,
+                                           soft_edge_map)
 from ckmbench.method import RunContext, TaskData
 from ckmbench.tasks.base import Observation
 from ckmbench_plugins.latent.physdiff import PHYSDIFF_PAPER, PHYSDIFF_TINY, PhysDiff
@@ -146,7 +147,7 @@ def test_physics_losses_are_zero_for_identical_maps_and_differentiable():
     g = torch.Generator().manual_seed(0)
     u = torch.rand(2, 1, 32, 32, generator=g)
     u[:, :, 10:20, 10:20] = 0.0  # a building: sharp edges
-    for loss in (lambda a, b: edge_loss(a, b, 0.1), lambda a, b: pyramid_loss(a, b, 5)):
+    for loss in (lambda a, b: edge_loss(a, b, 50.0, 0.05), lambda a, b: pyramid_loss(a, b, 5)):
         assert float(loss(u, u)) == 0.0
         pred = (u + 0.2 * torch.rand(u.shape, generator=g)).requires_grad_(True)
         value = loss(pred, u)
@@ -159,10 +160,76 @@ def test_physics_losses_are_zero_for_identical_maps_and_differentiable():
     value.backward()
     assert float(value.detach()) > 0 and float(probs.grad.abs().sum()) > 0
     # the edge map is binary forward, straight-through backward; the pyramid adds back up to the map
-    e = edge_map(u, 0.1)
+    e = edge_map(u, 50.0, 0.05)
     assert set(torch.unique(e).tolist()) <= {0.0, 1.0} and float(e[0, 0, 10, 15]) == 1.0
     levels = laplacian_pyramid(u, 3)
     assert [tuple(x.shape[-2:]) for x in levels] == [(32, 32), (16, 16), (8, 8)]
+
+
+SPIKE = torch.tensor([[0.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])[None, None]  # one bright pixel
+
+
+def test_eq20_laplacian_by_hand():
+    """5-point stencil, replicate padding: -4 at the spike, +1 beside it, 0 at the corners."""
+    assert torch.equal(laplacian(SPIKE)[0, 0], torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]))
+
+
+def test_eq21_soft_and_hard_edge_maps_by_hand():
+    """|lap| / max = [[0, 1/4, 0], [1/4, 1, 1/4], [0, 1/4, 0]]; S = sigmoid(alpha (that - tau)); H = 1[S > 0.5];
+    the hard map forward, the soft map's gradient backward; a flat map has no edges."""
+    s = torch.sigmoid
+    soft = soft_edge_map(SPIKE, 10.0, 0.5)[0, 0]
+    corner, side, centre = float(s(torch.tensor(-5.0))), float(s(torch.tensor(-2.5))), float(s(torch.tensor(5.0)))
+    assert torch.allclose(soft, torch.tensor([[corner, side, corner], [side, centre, side], [corner, side, corner]]))
+    assert torch.equal(edge_map(SPIKE, 10.0, 0.5)[0, 0], torch.tensor([[0.0, 0, 0], [0, 1, 0], [0, 0, 0]]))
+    assert torch.equal(edge_map(SPIKE, 10.0, 0.2)[0, 0], torch.tensor([[0.0, 1, 0], [1, 1, 1], [0, 1, 0]]))  # 1/4 > 0.2
+    assert float(edge_map(torch.full((1, 1, 3, 3), 0.3), 10.0, 0.05).sum()) == 0.0
+    weights = torch.arange(9.0).reshape(1, 1, 3, 3)
+    u = (SPIKE + 0.1 * weights / 9).requires_grad_(True)
+    (edge_map(u, 10.0, 0.5) * weights).sum().backward()
+    v = u.detach().clone().requires_grad_(True)
+    (soft_edge_map(v, 10.0, 0.5) * weights).sum().backward()
+    assert torch.equal(u.grad, v.grad) and float(u.grad.abs().sum()) > 0  # straight through the soft map
+
+
+def test_eq22_edge_loss_by_hand():
+    """||H(pred) - H(target)||^2 / N: a flat target has no edges, the spike has 1 (tau 0.5) or 5 (tau 0.2) of 9
+    pixels; the gradient is 2 (H(pred) - H(target)) / N times the soft map's Jacobian (the square's factor 2)."""
+    flat = torch.zeros(1, 1, 3, 3)
+    assert float(edge_loss(SPIKE, flat, 10.0, 0.5)) == pytest.approx(1 / 9)
+    assert float(edge_loss(SPIKE, flat, 10.0, 0.2)) == pytest.approx(5 / 9)
+    assert float(edge_loss(SPIKE, SPIKE, 10.0, 0.2)) == 0.0
+    pred = (SPIKE + 0.01 * torch.arange(9.0).reshape(1, 1, 3, 3)).requires_grad_(True)
+    edge_loss(pred, flat, 10.0, 0.5).backward()
+    v = pred.detach().clone().requires_grad_(True)
+    hard = edge_map(v, 10.0, 0.5).detach()
+    (2.0 * hard / 9 * soft_edge_map(v, 10.0, 0.5)).sum().backward()
+    assert torch.allclose(pred.grad, v.grad) and float(pred.grad.abs().sum()) > 0
+
+
+def test_eq23_region_loss_by_hand():
+    """Pixel 0: (0.5 - 1)^2 + (0.5 - 0)^2 = 0.5, pixel 1: 0; mean 0.25."""
+    p = torch.tensor([[[[0.5, 1.0]], [[0.5, 0.0]]]])
+    q = torch.tensor([[[[1.0, 1.0]], [[0.0, 0.0]]]])
+    assert float(region_loss(p, q)) == pytest.approx(0.25)
+
+
+def test_eq24_pyramid_loss_by_hand():
+    """A map off by a constant c differs only in the coarsest level G^(n-1) (band-pass levels of a constant
+    are 0): sum_j 2^(-2j) ||.||^2 / N_j = 4^-(n-1) c^2; one pixel off by c at one level: c^2 / N."""
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(1, 1, 16, 16, generator=g)
+    c = 0.5
+    for n in (1, 2, 3):
+        assert float(pyramid_loss(u + c, u, n)) == pytest.approx(4.0 ** -(n - 1) * c * c, rel=1e-5)
+    bumped = u.clone()
+    bumped[0, 0, 3, 5] += c
+    assert float(pyramid_loss(bumped, u, 1)) == pytest.approx(c * c / 256, rel=1e-5)
+
+
+def test_physdiff_is_revision_2(reg):
+    """Revision 2 (S3 eqs. 21, 22, 24 as stated) enters records and fit keys, so revision-1 fits are not reused."""
+    assert reg.method("physdiff").version == "2"
 
 
 def test_region_labels_on_a_constructed_map():

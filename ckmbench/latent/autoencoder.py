@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CkmError
+from ..precision import fp32_loss
 from ..fitcache import FitEntry, describe, fit_key
 from ..training import AdversarialStep, Trainer, TrainConfig
 
@@ -141,7 +142,13 @@ def reconstruction_nll(x: torch.Tensor, rec: torch.Tensor) -> torch.Tensor:
 
 
 def kl_term(post) -> torch.Tensor:
-    return post.kl().sum() / post.mean.shape[0]
+    """KL(posterior || N(0, I)), per-image sum, mean over the batch (diffusers' ``kl()``), in float32."""
+    return standard_normal_kl(post.mean, post.logvar)
+
+
+@fp32_loss  # var - 1 - log var cancels near var = 1 in bf16 (ckmbench/precision.py)
+def standard_normal_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    return 0.5 * torch.sum(mean.pow(2) + logvar.exp() - 1.0 - logvar, dim=[1, 2, 3]).sum() / mean.shape[0]
 
 
 def check_perceptual(hp: dict) -> str:

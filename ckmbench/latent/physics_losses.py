@@ -1,19 +1,24 @@
 """The physics losses of the physics-inspired LDM (Zhu et al., S3 eqs. 20-24) on decoded maps.
 
 Why here: they act on maps u in [0, 1] (B, 1, H, W) and know nothing of the method, so any
-latent method (or a third-party plugin) can add them to its objective. Every loss is a mean
-over pixels (and the batch), is 0 for identical maps and is differentiable in ``pred``; the
-target side gets no gradient. The formula details S3 leaves open are the implementer's
-choices written in docs/methods/physdiff.md:
+latent method (or a third-party plugin) can add them to its objective. Each loss is 0 for
+identical maps and differentiable in ``pred``; the target side gets no gradient. They run in
+float32 with autocast off (:func:`ckmbench.precision.fp32_loss`): thresholds and small
+differences of maps do not survive bf16. As S3 states them:
 
-* edge loss (eqs. 20-22): the 5-point Laplacian of each map (replicate padding), its magnitude
-  binarised at ``threshold`` with a straight-through estimator (forward: the 0/1 edge map;
-  backward: the gradient of the magnitude, as if the step were the identity), then the mean
-  absolute difference of the two edge maps;
-* regional loss (eq. 23): the mean squared difference of the RegionUNet's softmax
-  probabilities of the prediction and of the target (the caller runs the frozen RegionUNet);
-* Laplacian-pyramid loss (eq. 24): Bojanowski et al.'s Lap1, sum over levels j of
-  2^(-2j) x mean |L^j(pred) - L^j(target)|, with a 5x5 binomial Gaussian pyramid.
+* edge loss (eqs. 20-22): the Laplacian of each map (eq. 20), the soft edge map
+  S(x) = sigmoid(alpha (|lap x| / max |lap x| - tau)) with the maximum over the map, the hard
+  edge map H(x) = 1[S(x) > 0.5] (eq. 21), used forward, while the gradient flows through S
+  (straight-through: H + S - sg(S)), and the squared norm ||H(pred) - H(target)||^2 (eq. 22);
+* regional loss (eq. 23): the squared difference of the RegionUNet's softmax probabilities of
+  the prediction and of the target (the caller runs the frozen RegionUNet);
+* Laplacian-pyramid loss (eq. 24): sum over levels j of 2^(-2j) ||L^j(pred) - L^j(target)||^2.
+
+What S3 does not state, and our choice (docs/methods/physdiff.md says why): the 5-point
+stencil with replicate padding; alpha = 50 and tau = 0.05 (neither value is given in S3 nor in
+reference/methods.md); each squared norm divided by its number of elements (a mean, as the
+diffusion loss ||z0 - z0_hat||^2 is taken), so the loss weights do not depend on the map size;
+the pyramid's 5x5 binomial kernel.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["laplacian", "binarise_st", "edge_map", "edge_loss", "region_loss", "laplacian_pyramid",
+from ckmbench.precision import fp32_loss
+
+__all__ = ["laplacian", "soft_edge_map", "edge_map", "edge_loss", "region_loss", "laplacian_pyramid",
            "pyramid_loss", "pyramid_levels"]
 
 _LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
@@ -41,25 +48,31 @@ def laplacian(x: torch.Tensor) -> torch.Tensor:
     return _filter(x, _LAPLACIAN)
 
 
-def binarise_st(a: torch.Tensor, threshold: float) -> torch.Tensor:
-    """1 where ``a > threshold``, else 0; the backward pass treats the step as the identity
-    (straight-through, S3 eq. 21), so the loss can move ``a`` across the threshold."""
-    hard = (a > threshold).to(a.dtype)
-    return a + (hard - a).detach()
+def soft_edge_map(u: torch.Tensor, alpha: float, tau: float) -> torch.Tensor:
+    """S3 eq. 21's soft edge map sigmoid(alpha (|lap u| / max |lap u| - tau)), the maximum per map
+    (a flat map, whose Laplacian is 0 everywhere, reads sigmoid(-alpha tau))."""
+    a = laplacian(u).abs()
+    peak = a.amax(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
+    return torch.sigmoid(alpha * (a / peak - tau))
 
 
-def edge_map(u: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Binary edges of a map: |Laplacian| above ``threshold`` (straight-through)."""
-    return binarise_st(laplacian(u).abs(), threshold)
+def edge_map(u: torch.Tensor, alpha: float, tau: float) -> torch.Tensor:
+    """S3 eq. 21's hard edge map 1[S(u) > 0.5] forward; backward the gradient of the soft map S
+    (straight-through: H + S - sg(S), whose value is exactly H)."""
+    soft = soft_edge_map(u, alpha, tau)
+    hard = (soft > 0.5).to(soft.dtype)
+    return hard + (soft - soft.detach())
 
 
-def edge_loss(pred: torch.Tensor, target: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Mean |E(pred) - E(target)| of the binary edge maps (S3 eq. 22)."""
+@fp32_loss
+def edge_loss(pred: torch.Tensor, target: torch.Tensor, alpha: float, tau: float) -> torch.Tensor:
+    """||H(pred) - H(target)||^2 over the number of pixels (S3 eq. 22)."""
     with torch.no_grad():
-        truth = edge_map(target, threshold)
-    return (edge_map(pred, threshold) - truth).abs().mean()
+        truth = edge_map(target, alpha, tau)
+    return (edge_map(pred, alpha, tau) - truth).pow(2).mean()
 
 
+@fp32_loss
 def region_loss(pred_probs: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
     """Mean over pixels of sum_k (P_k(pred) - P_k(target))^2 of region probabilities (B, K, H, W) (S3 eq. 23)."""
     return (pred_probs - target_probs.detach()).pow(2).sum(1).mean()
@@ -86,9 +99,10 @@ def laplacian_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
     return out
 
 
+@fp32_loss
 def pyramid_loss(pred: torch.Tensor, target: torch.Tensor, levels: int) -> torch.Tensor:
-    """Lap1: sum_j 2^(-2j) mean |L^j(pred) - L^j(target)| (S3 eq. 24)."""
+    """sum_j 2^(-2j) ||L^j(pred) - L^j(target)||^2, each norm over the level's number of elements (S3 eq. 24)."""
     n = pyramid_levels(min(pred.shape[-2:]), levels)
     with torch.no_grad():
         truth = laplacian_pyramid(target, n)
-    return sum(4.0 ** -j * (a - b).abs().mean() for j, (a, b) in enumerate(zip(laplacian_pyramid(pred, n), truth)))
+    return sum(4.0 ** -j * (a - b).pow(2).mean() for j, (a, b) in enumerate(zip(laplacian_pyramid(pred, n), truth)))

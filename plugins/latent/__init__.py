@@ -14,6 +14,7 @@ from ckmbench.tasks.builtin import SR_FACTORS
 
 from .ckmdiff import CKMDiff
 from .physdiff import ENVGEN_TASKS, PHYSDIFF_PAPER, PHYSDIFF_SMALL, PHYSDIFF_TINY, PhysDiff
+from .physdiff import REVISION as PHYSDIFF_REVISION
 from .radiodiff import RADIODIFF_PAPER, RADIODIFF_SMALL, RADIODIFF_TINY, TASKS as RADIODIFF_TASKS, RadioDiff
 
 NOISY_SR_TASKS = tuple(f"sr{f}-noisy" for f in SR_FACTORS)
@@ -68,7 +69,7 @@ def latent_specs() -> list[MethodSpec]:
                    profiles={"tiny": RADIODIFF_TINY, "small": RADIODIFF_SMALL, "paper": RADIODIFF_PAPER},
                    description="RadioDiff (Wang et al.): decoupled latent diffusion from a buildings/cars/Tx "
                                "prompt, Swin-B cross-attention, adaptive FFT filter"),
-        MethodSpec(name="physdiff", factory=PhysDiff, tasks=ENVGEN_TASKS, kind="diffusion",
+        MethodSpec(name="physdiff", factory=PhysDiff, tasks=ENVGEN_TASKS, kind="diffusion", version=PHYSDIFF_REVISION,
                    profiles={"tiny": PHYSDIFF_TINY, "small": PHYSDIFF_SMALL, "paper": PHYSDIFF_PAPER},
                    description="Physics-inspired LDM (Zhu et al.): x0-prediction latent diffusion, Swin-T "
                                "cross-attention, edge / regional (RegionUNet) / Laplacian-pyramid losses"),

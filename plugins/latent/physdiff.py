@@ -38,6 +38,9 @@ from .ckmdiff import CKMDiff, CKMDiffNet
 from .regionunet import ENV_CHANNELS, environment, epochs_to_steps, fitted_regionunet, region_hparams
 
 PHYSICS_LOSSES = ("edge_loss", "region_loss", "pyramid_loss")
+# the method's revision (MethodSpec.version: records and fit keys): 2 = S3 eq. 21's soft/hard edge
+# map with alpha, tau and the squared norms of eqs. 22 and 24 (revision 1: a fixed threshold, L1)
+REVISION = "2"
 ENVGEN_TASKS = ("envgen-static", "envgen-dynamic")
 
 # paper: S3 as reference/methods.md gives it. Stage 1: Adam 1e-4, batch 16, 100 epochs, cross-entropy.
@@ -47,14 +50,14 @@ ENVGEN_TASKS = ("envgen-static", "envgen-dynamic")
 # generate. Not in S3 (docs/methods/physdiff.md): the U-Net (160, [1, 2, 4, 4], 2 blocks, self- and
 # cross-attention as LDM's transformer blocks at 32/16/8, cross-attention also at 64 over 8x8
 # windows: 246.1 M at inference against S3's 253.0 M), the RegionUNet (a 64-wide U-Net) and its
-# thresholds, EMA / clipping (RadioDiff's code), latent scale 0.3, the loss details.
+# thresholds, EMA / clipping (RadioDiff's code), latent scale 0.3, the edge loss's alpha and tau.
 PHYSDIFF_PAPER = dict(
     encoder="swin-t", swin_weights=None, cond_channels=None,
     base=160, mults=[1, 2, 4, 4], num_res_blocks=2, attn_resolutions=[1, 2, 3], dropout=0.0, norm_groups=32,
     xattn_heads=8, xattn_windows=[8, 4, 2, 1], xattn_queries="x",
     timesteps=1000, beta_schedule="cosine", latent_scale=0.3, cache_latents=False,
     edge_loss=True, region_loss=True, pyramid_loss=True, edge_weight=1e-3, region_weight=5e-3, pyramid_weight=5e-3,
-    edge_threshold=0.1, pyramid_levels=5, physics_ddim_steps=2, physics_batch=None,
+    edge_alpha=50.0, edge_tau=0.05, pyramid_levels=5, physics_ddim_steps=2, physics_batch=None,
     epochs=180, steps=None, batch_size=72, optimizer="adamw", lr=1e-5, lr_schedule="constant", grad_clip=1.0,
     ema_decay=0.9999, ema_start=10_000, select="last", checkpoint_every=5000, log_every=100, val_every=0, amp=None,
     sample_steps=5,
@@ -164,7 +167,7 @@ class PhysDiff(CKMDiff):
         """The switched-on physics losses of the generated maps ``u_hat`` against the true maps."""
         hp, out = self.hparams, {}
         if self.uses("edge_loss"):
-            out["edge_loss"] = edge_loss(u_hat, target, float(hp["edge_threshold"]))
+            out["edge_loss"] = edge_loss(u_hat, target, float(hp["edge_alpha"]), float(hp["edge_tau"]))
         if self.uses("region_loss"):
             with torch.no_grad():
                 truth = self.regions.probabilities(target, env)

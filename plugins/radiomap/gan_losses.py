@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ckmbench.precision import fp32_loss
+
 # The code's four directional gradient kernels (Sobel x, y and the two diagonals).
 GRADIENT_KERNELS = torch.tensor([
     [[1, 0, -1], [2, 0, -2], [1, 0, -1]],
@@ -27,6 +29,7 @@ def tv_loss(x: torch.Tensor) -> torch.Tensor:
     return (x[..., :, 1:] - x[..., :, :-1]).abs().mean() + (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
 
 
+@fp32_loss  # in float32: gradients are differences of neighbours (ckmbench/precision.py)
 def gradient_cosine_loss(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """1 − mean over pixels of the cosine between the 4-direction gradient vectors of pred and ref."""
     k = GRADIENT_KERNELS.to(pred.device, pred.dtype)
@@ -54,6 +57,7 @@ def _blur(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return _band(x.shape[-2], g) @ x @ _band(x.shape[-1], g).T
 
 
+@fp32_loss  # in float32: E[x^2] - mu^2 cancels in bf16, the SSIM denominator went < 0
 def ms_ssim_l1_loss(pred: torch.Tensor, target: torch.Tensor, alpha: float = 0.84,
                     sigmas=(0.5, 1.0, 2.0, 4.0, 8.0), data_range: float = 1.0) -> torch.Tensor:
     """Zhao et al.'s mix α·(1 − MS-SSIM) + (1 − α)·(Gaussian-weighted L1), the code's
@@ -89,6 +93,7 @@ def radial_power_spectrum(x: torch.Tensor) -> torch.Tensor:
     return sums / counts.clamp(min=1)
 
 
+@fp32_loss  # in float32: an FFT and the log of small powers
 def power_loss(pred: torch.Tensor, ref: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Mean squared difference of the log radial power spectra of pred and ref."""
     return (torch.log(radial_power_spectrum(pred) + eps) - torch.log(radial_power_spectrum(ref) + eps)).pow(2).mean()

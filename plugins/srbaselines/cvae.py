@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ckmbench.precision import fp32_loss
 from ckmbench_plugins.diffusion.srdiff import pad_to_multiple
 
 from .common import SRBaseline, crop_offsets, from_channels, to_channels, upsampled
@@ -82,6 +83,7 @@ class CVAE(nn.Module):
         return self.decode(c, feats, self.prior(feats)[0])
 
 
+@fp32_loss  # in float32: exp and differences of log-variances (ckmbench/precision.py)
 def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p) -> torch.Tensor:
     """KL(N(mu_q, e^logvar_q) ‖ N(mu_p, e^logvar_p)), summed over everything but the batch, mean over it."""
     kl = 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p) ** 2) / logvar_p.exp() - 1.0)
@@ -134,7 +136,7 @@ class CVAEMethod(SRBaseline):
             mu_p, logvar_p = net.prior(feats)
             eps = torch.randn(mu_q.shape, generator=generator, device=mu_q.device)
             recon = net.decode(c, feats, mu_q + (0.5 * logvar_q).exp() * eps)
-            kl = gaussian_kl(mu_q.float(), logvar_q.float(), mu_p.float(), logvar_p.float())
+            kl = gaussian_kl(mu_q, logvar_q, mu_p, logvar_p)
             return F.mse_loss(recon.float(), x) + two_sigma2 * kl / x[0].numel()
 
         return loss
