@@ -1,0 +1,110 @@
+"""Which fits exist: those shipped with plugins (their ``fits_dir``) and those in the fit cache.
+
+``ckmbench fits`` prints them so a user knows, before a run, whether it will score a stored
+fit in minutes or train one first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .fitcache import FIT_FILE, FitEntry, fits_root
+
+
+@dataclass
+class StoredFit:
+    """One fit folder and what its ``fit.json`` says."""
+
+    entry: FitEntry
+    source: str  # "shipped" or "cache"
+    meta: dict
+
+    @property
+    def method(self) -> str:
+        return str(self.meta.get("method") or self.entry.dir.name.rsplit("-", 1)[0])
+
+    @property
+    def complete(self) -> bool:
+        return self.entry.complete()
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.entry.dir.rglob("*") if p.is_file())
+
+    def steps(self) -> str:
+        done, planned = self.meta.get("steps_done"), self.meta.get("steps_planned")
+        if done is None:
+            return "?"
+        return f"{int(done):,}/{int(planned):,}" if planned is not None else f"{int(done):,}"
+
+    def row(self) -> list:
+        m = self.meta
+        train_s = m.get("train_s")
+        return [self.method, m.get("train_task", "?"), m.get("train_dataset", "?"), m.get("profile", "?"),
+                m.get("seed", "?"), self.steps(), human_duration(train_s) if train_s is not None else "?",
+                human_size(self.size_bytes), "yes" if self.complete else "no", self.source, str(self.entry.dir)]
+
+
+HEADERS = ["method", "task", "dataset", "profile", "seed", "steps", "train time", "size", "complete", "source",
+           "path"]
+
+
+def fit_folders(root: Path, source: str) -> list[StoredFit]:
+    """The fit folders under ``root`` (``<method>-<key>/`` holding ``fit.json``), sorted by name."""
+    if not root.is_dir():
+        return []
+    out = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        entry = FitEntry(folder.name.rsplit("-", 1)[-1], folder)
+        meta = entry.meta()
+        if meta is None and not (folder / FIT_FILE).exists():
+            continue  # not a fit folder
+        out.append(StoredFit(entry, source, meta or {}))
+    return out
+
+
+def shipped_dirs(registry) -> list[Path]:
+    """Every distinct ``fits_dir`` the registered methods name."""
+    dirs = {Path(spec.fits_dir).resolve() for spec in registry.items["methods"].values()
+            if getattr(spec, "fits_dir", None)}
+    return sorted(dirs)
+
+
+def all_fits(registry, cache_root: Path | None = None) -> list[StoredFit]:
+    """Shipped fits first, then the cached ones."""
+    fits = [f for d in shipped_dirs(registry) for f in fit_folders(d, "shipped")]
+    return fits + fit_folders(cache_root or fits_root(), "cache")
+
+
+def fits_table(fits: list[StoredFit]) -> str:
+    from tabulate import tabulate
+
+    return tabulate([f.row() for f in fits], headers=HEADERS, tablefmt="simple")
+
+
+def find_fit(fits: list[StoredFit], name: str) -> list[StoredFit]:
+    """Fits matching ``name``: a folder path, a folder name (or its key), or a method name."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        same = [f for f in fits if f.entry.dir.resolve() == path.resolve()]
+        entry = FitEntry(path.name.rsplit("-", 1)[-1], path)
+        return same or [StoredFit(entry, "folder", entry.meta() or {})]
+    return [f for f in fits if name in (f.entry.dir.name, f.entry.key, f.method)]
+
+
+def human_duration(seconds: float) -> str:
+    seconds = float(seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def human_size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
