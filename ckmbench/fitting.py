@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from .fitcache import FitEntry, describe, fit_hparams, fit_key
-from .fitnotice import TrainingNotice, announce_stored, fit_label
+from .fitnotice import TrainingNotice, announce_stored, fit_label, say
 from .training import dist_info, init_distributed
 
 log = logging.getLogger("ckmbench.fit")
@@ -33,6 +33,7 @@ def fit_method(method, spec, *, version: str, train_task, train_name: str, train
     if spec.kind == "baseline":
         method.fit(train, val, train_task, ctx)
         return None
+    spec, version = shared_fit_owner(method, spec, version, train_task, registry)
     key = fit_key(spec.name, version, train_task.name, train_hash, profile, fit_hparams(method, hparams), seed)
     entry = FitEntry.for_run(spec.name, key)
     info = dist_info()
@@ -66,6 +67,17 @@ def fit_method(method, spec, *, version: str, train_task, train_name: str, train
     if main:
         entry.save(method.state_dict(), meta)
     return describe(entry, "trained", meta)
+
+
+def shared_fit_owner(method, spec, version: str, train_task, registry):
+    """(spec, version) of the method whose fit ``method`` uses on ``train_task``: its own, or
+    that of the method it names in ``shares_fit_with(task)`` (the same model trained on the same
+    batches, e.g. CDiff on plain sr tasks is CGDM), so one fit is trained and stored, not two."""
+    owner = getattr(method, "shares_fit_with", lambda task: None)(train_task)
+    if not owner or owner == spec.name or registry is None:
+        return spec, version
+    say(f"{spec.name} on {train_task.name} is the same model as {owner} on the same batches: it uses {owner}'s fit")
+    return registry.method(owner), registry.method_version(owner)[1]
 
 
 def _load_fit(method, entry, ctx) -> None:
