@@ -14,7 +14,7 @@ from ckmbench.method import RunContext, TaskData
 from ckmbench.metrics.cost import count_parameters
 from ckmbench.plugins import registry
 from ckmbench.runner import RunConfig, run
-from ckmbench_plugins.baselines.grid import upsample_grid
+from ckmbench.upsample import upsample_grid
 from ckmbench_plugins.diffusion import CGDM_PAPER, CGDM_SMALL, CDIFF_PAPER, LICGDM_TINY
 from ckmbench_plugins.diffusion.licgdm import knapsack_min_value
 from ckmbench_plugins.diffusion.srdiff import upsample_on_device
