@@ -52,16 +52,33 @@ HEADERS = ["method", "task", "dataset", "profile", "seed", "steps", "train time"
 
 def fit_folders(root: Path, source: str) -> list[StoredFit]:
     """The fit folders under ``root`` (``<method>-<key>/`` holding ``fit.json``), sorted by name."""
+    from .training import STATE_FILE  # training imports this module's neighbours: not at import time
+
     if not root.is_dir():
         return []
     out = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         entry = FitEntry(folder.name.rsplit("-", 1)[-1], folder)
         meta = entry.meta()
-        if meta is None and not (folder / FIT_FILE).exists():
-            continue  # not a fit folder
-        out.append(StoredFit(entry, source, meta or {}))
+        if meta is None:
+            states = sorted(folder.glob(f"*/{STATE_FILE}"))
+            if not states and not (folder / FIT_FILE).exists():
+                continue  # not a fit folder
+            # a fit stopped before it was stored (killed): its trainer state resumes it
+            steps = [s for s in map(saved_step, states) if s is not None]
+            meta = {"steps_done": max(steps)} if steps else {}
+        out.append(StoredFit(entry, source, meta))
     return out
+
+
+def saved_step(path: Path) -> int | None:
+    """The step a trainer state was saved at (memory-mapped: the weights are not read)."""
+    import torch
+
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+    except Exception:  # any unreadable state is just "?" in a listing
+        return None
 
 
 def shipped_dirs(registry) -> list[Path]:

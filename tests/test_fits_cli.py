@@ -90,3 +90,15 @@ def test_write_cards_writes_card_md_beside_shipped_fits_only(tmp_path):
     assert written == [shipped[0].entry.dir / "card.md"]
     assert "| city-tiny | sr4 | cgdm [tiny]" in written[0].read_text()
     assert not (cached[0].entry.dir / "card.md").exists()
+
+
+def test_a_killed_fit_is_listed_as_incomplete_with_its_saved_step(tmp_path):
+    import torch
+
+    folder = tmp_path / "cgdm-00000000deadbeef"
+    (folder / "unet").mkdir(parents=True)
+    torch.save({"format": "ckmbench-train-state-1", "step": 750, "model": {"w": torch.zeros(3)}},
+               folder / "unet" / "train_state.pt")
+    (tmp_path / "not-a-fit").mkdir()
+    [fit] = fit_folders(tmp_path, "cache")
+    assert fit.method == "cgdm" and fit.steps() == "750" and not fit.complete
