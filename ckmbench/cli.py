@@ -367,7 +367,8 @@ def list_(what):
 @click.option("--card", default=None, metavar="METHOD|FOLDER",
               help="Print the model card of a fit: a method name, a fit folder's name or its path.")
 @click.option("--write-cards", is_flag=True, help="Write card.md beside every shipped fit (from the store).")
-@click.option("--store", default=None, help="Results store the cards read (default $CKMBENCH_STORE, else your user store).")
+@click.option("--store", default=None, help="Results store the cards read (default: the checkout's committed "
+              "results/records.jsonl, else $CKMBENCH_STORE or your user store).")
 def fits(card, write_cards, store):
     """List the shipped and cached fits (method, task, dataset, profile, steps, size, path)."""
     from .cards import print_card, write_shipped_cards
