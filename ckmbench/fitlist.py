@@ -19,6 +19,7 @@ class StoredFit:
     entry: FitEntry
     source: str  # "shipped" or "cache"
     meta: dict
+    current_version: str | None = None  # the registered method's version now (None: not registered)
 
     @property
     def method(self) -> str:
@@ -38,16 +39,23 @@ class StoredFit:
             return "?"
         return f"{int(done):,}/{int(planned):,}" if planned is not None else f"{int(done):,}"
 
+    def version(self) -> str:
+        """The code version the fit was made with; "(now X)" when the method has changed since
+        (its fit key changed too: runs of today's code do not use this fit)."""
+        made = str(self.meta.get("method_version", "?"))
+        return made if self.current_version in (None, made) else f"{made} (now {self.current_version})"
+
     def row(self) -> list:
         m = self.meta
         train_s = m.get("train_s")
         return [self.method, m.get("train_task", "?"), m.get("train_dataset", "?"), m.get("profile", "?"),
                 m.get("seed", "?"), self.steps(), human_duration(train_s) if train_s is not None else "?",
-                human_size(self.size_bytes), "yes" if self.complete else "no", self.source, str(self.entry.dir)]
+                human_size(self.size_bytes), "yes" if self.complete else "no", self.version(), self.source,
+                str(self.entry.dir)]
 
 
-HEADERS = ["method", "task", "dataset", "profile", "seed", "steps", "train time", "size", "complete", "source",
-           "path"]
+HEADERS = ["method", "task", "dataset", "profile", "seed", "steps", "train time", "size", "complete", "version",
+           "source", "path"]
 
 
 def fit_folders(root: Path, source: str) -> list[StoredFit]:
@@ -91,7 +99,11 @@ def shipped_dirs(registry) -> list[Path]:
 def all_fits(registry, cache_root: Path | None = None) -> list[StoredFit]:
     """Shipped fits first, then the cached ones."""
     fits = [f for d in shipped_dirs(registry) for f in fit_folders(d, "shipped")]
-    return fits + fit_folders(cache_root or fits_root(), "cache")
+    fits += fit_folders(cache_root or fits_root(), "cache")
+    for fit in fits:
+        if fit.method in registry.items["methods"]:
+            fit.current_version = registry.method_version(fit.method)[1]
+    return fits
 
 
 def fits_table(fits: list[StoredFit]) -> str:

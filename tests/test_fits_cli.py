@@ -1,6 +1,7 @@
 """`ckmbench fits`: the shipped and cached fits listed; model cards from fit.json and a store."""
 
 import json
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -43,6 +44,7 @@ def test_fits_lists_cached_fits_with_their_facts(tmp_path, monkeypatch):
     cgdm = next(line for line in cached if "cgdm-" + KEY in line)
     for fact in ("sr4", "city-tiny", "tiny", "12/12", "2 min", "KB", "yes", "cache"):
         assert fact in cgdm
+    assert "0.1.0+2 " in cgdm or "0.1.0+2 (now " in cgdm  # the version it was made with (and today's if newer)
     rd = next(line for line in cached if "radiodiff-" in line)
     assert "40/6,000" in rd and " no " in rd
 
@@ -102,3 +104,12 @@ def test_a_killed_fit_is_listed_as_incomplete_with_its_saved_step(tmp_path):
     (tmp_path / "not-a-fit").mkdir()
     [fit] = fit_folders(tmp_path, "cache")
     assert fit.method == "cgdm" and fit.steps() == "750" and not fit.complete
+
+
+def test_a_fit_of_older_code_says_so():
+    from ckmbench.fitcache import FitEntry
+    from ckmbench.fitlist import StoredFit
+
+    entry = FitEntry(KEY, Path("cgdm-" + KEY))
+    assert StoredFit(entry, "shipped", {"method_version": "0.1.0"}, "0.1.0+2").version() == "0.1.0 (now 0.1.0+2)"
+    assert StoredFit(entry, "shipped", {"method_version": "0.1.0+2"}, "0.1.0+2").version() == "0.1.0+2"
