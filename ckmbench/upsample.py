@@ -2,8 +2,8 @@
 built-in nearest, bilinear and bicubic baselines, public for plugins (docs/plugins.md).
 
 ``upsample(obs)`` puts an ``sr*`` observation on its target grid exactly as the ``bicubic``
-baseline does; torch's ``F.interpolate(mode="bicubic")`` scores about 0.26 dB worse, since it
-uses a = -0.75 and (with ``align_corners=False``) misplaces the samples.
+baseline does; torch's ``F.interpolate(mode="bicubic")`` misplaces the samples and uses
+a = -0.75: 16.38 dB PSNR against 18.63 on city sr4 (docs/plugins.md).
 
 Low-res sample (i, j) sits at high-res position (offset + f i, offset + f j) (see
 ``ckmbench.tasks.operators.lr_positions``), so high-res pixel r reads low-res coordinate
