@@ -364,6 +364,30 @@ def list_(what):
 
 
 @cli.command()
+@click.option("--card", default=None, metavar="METHOD|FOLDER",
+              help="Print the model card of a fit: a method name, a fit folder's name or its path.")
+@click.option("--write-cards", is_flag=True, help="Write card.md beside every shipped fit (from the store).")
+@click.option("--store", default=None, help="Results store the cards read (default: the checkout's committed "
+              "results/records.jsonl, else $CKMBENCH_STORE or your user store).")
+def fits(card, write_cards, store):
+    """List the shipped and cached fits (method, task, dataset, profile, steps, size, path)."""
+    from .cards import print_card, write_shipped_cards
+    from .fitlist import all_fits, fits_table
+    from .plugins import registry
+
+    found = all_fits(registry())
+    if card:
+        print_card(found, card, store)
+    elif write_cards:
+        for path in write_shipped_cards(found, store):
+            click.echo(f"wrote {path}")
+    elif not found:
+        click.echo("no fits: none shipped with the plugins and none in the fit cache ($CKMBENCH_FITS)")
+    else:
+        click.echo(fits_table(found))
+
+
+@cli.command()
 def plugins():
     """List every plugin: distribution, version, what it registers, failures."""
     from .report import print_plugins

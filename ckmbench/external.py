@@ -1,7 +1,8 @@
 """`ckmbench evaluate`: score predictions made outside ckmbench under the same protocol.
 
 Predictions are one file per test sample named ``<scene>_<tx>.png`` (gray/255 = u) or
-``<scene>_<tx>.npy`` (u in [0, 1], or path gain in dB with ``npy_unit="db"``).
+``<scene>_<tx>.npy`` (u in [0, 1], or path gain in dB with ``npy_unit="db"``). An RGB or RGBA
+PNG whose three channels are equal and whose alpha is opaque is read as gray.
 """
 
 from __future__ import annotations
@@ -22,6 +23,32 @@ from .results import append_record, store_path
 from .runner import FID_TASKS, _clean, _save_examples
 
 
+GRAY_FIX = "write gray PNG files (8-bit gray/255 = u, or 16-bit gray/65535)"
+
+
+def _gray_pixels(img: Image.Image, path: Path) -> np.ndarray:
+    """u in [0, 1] of a gray image. Many pipelines write gray maps as RGB(A) PNGs: those are read
+    as gray when their three channels are equal and their alpha (if any) is opaque; true colour
+    and transparency are refused, since no single u could be read from them."""
+    if img.mode.startswith("I;16"):
+        return np.asarray(img.convert("I;16"), np.float32) / 65535.0
+    if img.mode in ("L", "1"):
+        return np.asarray(img.convert("L"), np.float32) / 255.0
+    if img.mode not in ("RGB", "RGBA", "LA", "P", "PA"):
+        raise CkmError(f"prediction {path} is a {img.mode} image: {GRAY_FIX}")
+    mode = {"P": "RGBA", "PA": "RGBA"}.get(img.mode, img.mode)
+    px = np.asarray(img.convert(mode))
+    if mode in ("RGBA", "LA") and (px[..., -1] != 255).any():
+        raise CkmError(f"prediction {path} has transparent pixels ({int((px[..., -1] != 255).sum())} with alpha "
+                       f"below 255): {GRAY_FIX}, or colour PNGs with an opaque alpha")
+    colour = px[..., :3] if mode in ("RGB", "RGBA") else px[..., :1]
+    differ = int((colour != colour[..., :1]).any(axis=-1).sum())
+    if differ:
+        raise CkmError(f"prediction {path} is a colour image ({differ} pixels with unequal R, G, B): {GRAY_FIX}, "
+                       "not colour")
+    return colour[..., 0].astype(np.float32) / 255.0
+
+
 def _read_prediction(path: Path, shape, gain_range, npy_unit: str) -> np.ndarray:
     try:
         if path.suffix.lower() == ".npy":
@@ -31,11 +58,7 @@ def _read_prediction(path: Path, shape, gain_range, npy_unit: str) -> np.ndarray
                 arr = normalize(arr, gain_range)
         else:
             img = Image.open(path)
-            if img.mode not in ("L", "I;16", "I;16B", "I;16L", "1"):
-                raise CkmError(f"prediction {path} is a {img.mode} image: write gray PNG files "
-                               "(8-bit gray/255 = u, or 16-bit gray/65535), not colour")
-            arr = np.asarray(img.convert("I;16") if img.mode.startswith("I;16") else img.convert("L"), np.float32)
-            arr = arr / (65535.0 if img.mode.startswith("I;16") else 255.0)
+            arr = _gray_pixels(img, path)
     except (OSError, ValueError, UnidentifiedImageError) as exc:
         raise CkmError(f"cannot read prediction {path} ({exc}): write PNG (gray/255 = u) or NPY files") from None
     if arr.shape != tuple(shape):

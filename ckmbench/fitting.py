@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from .fitcache import FitEntry, describe, fit_hparams, fit_key
+from .fitnotice import TrainingNotice, announce_stored, fit_label, say
 from .training import dist_info, init_distributed
 
 log = logging.getLogger("ckmbench.fit")
@@ -32,6 +33,7 @@ def fit_method(method, spec, *, version: str, train_task, train_name: str, train
     if spec.kind == "baseline":
         method.fit(train, val, train_task, ctx)
         return None
+    spec, version = shared_fit_owner(method, spec, version, train_task, registry)
     key = fit_key(spec.name, version, train_task.name, train_hash, profile, fit_hparams(method, hparams), seed)
     entry = FitEntry.for_run(spec.name, key)
     info = dist_info()
@@ -39,12 +41,12 @@ def fit_method(method, spec, *, version: str, train_task, train_name: str, train
     if refit and main:
         entry.clear()
     if _agreed(entry.complete(), ctx):
-        log.info("%s: using the cached fit %s", spec.name, entry.dir)
+        announce_stored(fit_label(spec.name, train_task.name, train_name, profile), "cached", entry, entry.meta())
         _load_fit(method, entry, ctx)
         return describe(entry, "cache", entry.meta())
     shipped = FitEntry.for_run(spec.name, key, Path(spec.fits_dir)) if getattr(spec, "fits_dir", None) else None
     if not refit and shipped is not None and _agreed(shipped.complete(), ctx):
-        log.info("%s: using the fit shipped with the plugin %s", spec.name, shipped.dir)
+        announce_stored(fit_label(spec.name, train_task.name, train_name, profile), "shipped", shipped, shipped.meta())
         _load_fit(method, shipped, ctx)
         return describe(shipped, "shipped", shipped.meta())
     ctx.fit_dir = entry.dir
@@ -52,6 +54,7 @@ def fit_method(method, spec, *, version: str, train_task, train_name: str, train
         ctx.fit_dependency = _dependency_fitter(registry, ctx, train_task=train_task, train_name=train_name,
                                                 train_hash=train_hash, profile=profile, seed=seed, train=train, val=val)
     ctx.extras.pop("fit", None)
+    ctx.fit_notice = TrainingNotice(fit_label(spec.name, train_task.name, train_name, profile), ctx.deadline)
     t0 = time.perf_counter()
     method.fit(train, val, train_task, ctx)
     info = dict(ctx.extras.get("fit") or {})
@@ -64,6 +67,17 @@ def fit_method(method, spec, *, version: str, train_task, train_name: str, train
     if main:
         entry.save(method.state_dict(), meta)
     return describe(entry, "trained", meta)
+
+
+def shared_fit_owner(method, spec, version: str, train_task, registry):
+    """(spec, version) of the method whose fit ``method`` uses on ``train_task``: its own, or
+    that of the method it names in ``shares_fit_with(task)`` (the same model trained on the same
+    batches, e.g. CDiff on plain sr tasks is CGDM), so one fit is trained and stored, not two."""
+    owner = getattr(method, "shares_fit_with", lambda task: None)(train_task)
+    if not owner or owner == spec.name or registry is None:
+        return spec, version
+    say(f"{spec.name} on {train_task.name} is the same model as {owner} on the same batches: it uses {owner}'s fit")
+    return registry.method(owner), registry.method_version(owner)[1]
 
 
 def _load_fit(method, entry, ctx) -> None:

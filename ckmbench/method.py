@@ -35,6 +35,8 @@ class RunContext:
     # DataLoader worker processes that build training batches ahead (0: in this process;
     # the batches are the same either way). --loader-workers / $CKMBENCH_LOADER_WORKERS.
     loader_workers: int = 0
+    # Set by fit_method while a fit trains: says how long training will take (ckmbench.fitnotice).
+    fit_notice: Any = None
 
 
 class TaskData:

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from .errors import CkmError
+from .fitnotice import budget_postfix
 
 log = logging.getLogger("ckmbench.train")
 
@@ -576,6 +577,7 @@ class Trainer:
         window: list[float] = []
         last_saved = step
         loader = self._loader(train, step)
+        notice = getattr(self.ctx, "fit_notice", None) if self.dist.is_main else None
         try:
             while step < cfg.steps:
                 if self.ctx.deadline is not None and time.monotonic() >= self.ctx.deadline:
@@ -588,12 +590,15 @@ class Trainer:
                         f"{self.name}: {self._bad_loss} became {loss} at step {step + 1}; the last good checkpoint "
                         f"(step {last_saved}) is kept in {self.state_dir}: lower lr (--set lr=...) or use --refit")
                 step += 1
+                if notice is not None:
+                    notice.step_done(self.name, step, cfg.steps)
                 window.append(loss)
                 if self.disc is not None:
                     d_window.append(self._d_value)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.4g}", lr=f"{self.scheduler.get_last_lr()[0]:.2g}")
+                    bar.set_postfix(loss=f"{loss:.4g}", lr=f"{self.scheduler.get_last_lr()[0]:.2g}",
+                                    **budget_postfix(self.ctx.deadline))
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     history.append((step, float(np.mean(window))))
                     window = []

@@ -12,7 +12,7 @@ from ckmbench.errors import CkmError
 from ckmbench.plugins import load_registry
 from ckmbench.tasks.builtin import builtin_task_specs
 from ckmbench_plugins.baselines import baseline_specs, scattered
-from ckmbench_plugins.baselines.grid import upsample_grid
+from ckmbench.upsample import upsample_grid
 from ckmbench_plugins.baselines.kriging import Variogram, fit_variogram, krige
 from ckmbench_plugins.baselines.local import global_predict, local_predict, thin_plate
 from ckmbench_plugins.baselines.logdistance import fit_log_distance, free_space_intercept_db

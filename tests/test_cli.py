@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ckmbench.errors import CkmError
+
 
 def ckm(*args, env=None, check=True):
     out = subprocess.run([sys.executable, "-m", "ckmbench.cli", *args], capture_output=True, text=True, env=env)
@@ -99,6 +101,34 @@ def test_evaluate_external_predictions(tmp_path):
     next(preds.iterdir()).unlink()
     missing = ckm("evaluate", "--task", "sr4", "--dataset", "city-tiny", "--predictions", str(preds), check=False)
     assert missing.returncode == 2 and "missing" in missing.stderr
+
+
+def test_evaluate_reads_equal_channel_rgb_and_opaque_rgba_as_gray_and_refuses_colour(tmp_path):
+    from ckmbench.external import _read_prediction
+
+    u8 = np.random.default_rng(0).integers(0, 256, (16, 16), dtype=np.uint8)
+    opaque = np.full_like(u8, 255)
+    variants = {"L": Image.fromarray(u8), "RGB": Image.fromarray(np.stack([u8] * 3, -1)),
+                "RGBA": Image.fromarray(np.stack([u8] * 3 + [opaque], -1)),
+                "LA": Image.fromarray(np.stack([u8, opaque], -1), mode="LA"), "P": Image.fromarray(u8).convert("P")}
+    read = {}
+    for mode, img in variants.items():
+        assert img.mode == mode
+        img.save(tmp_path / f"{mode}.png")
+        read[mode] = _read_prediction(tmp_path / f"{mode}.png", (16, 16), None, "u")
+    for mode in variants:
+        assert np.array_equal(read[mode], u8.astype(np.float32) / 255.0), mode
+    colour = np.stack([u8] * 3, -1)
+    colour[3, 4, 1] ^= 1  # one pixel's green differs
+    Image.fromarray(colour).save(tmp_path / "colour.png")
+    with pytest.raises(CkmError, match=r"colour image \(1 pixels with unequal R, G, B\): write gray PNG") as bad:
+        _read_prediction(tmp_path / "colour.png", (16, 16), None, "u")
+    assert "\n" not in str(bad.value)
+    see_through = np.stack([u8] * 3 + [opaque], -1)
+    see_through[0, 0, 3] = 128
+    Image.fromarray(see_through).save(tmp_path / "alpha.png")
+    with pytest.raises(CkmError, match="transparent pixels"):
+        _read_prediction(tmp_path / "alpha.png", (16, 16), None, "u")
 
 
 def test_generate_shards_merge_to_the_full_dataset(tmp_path):

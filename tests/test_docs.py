@@ -23,3 +23,12 @@ def test_doc_pointers_resolve():
             assert (ROOT / "docs" / name).is_file(), f"{p.relative_to(ROOT)} points to missing docs/{name}"
         for number in re.findall(r"protocol(?:\.md|\]\(protocol\.md\))? §(\d+)", text):
             assert int(number) in sections, f"{p.relative_to(ROOT)} points to protocol §{number}, which does not exist"
+
+
+def test_every_environment_variable_the_code_reads_is_in_the_readme_table():
+    code = [p for d in ("ckmbench", "plugins") for p in (ROOT / d).rglob("*.py")]
+    used = {name for p in code for name in re.findall(r"\b(CKMBENCH_[A-Z0-9_]+)", p.read_text("utf-8"))}
+    readme = (ROOT / "README.md").read_text("utf-8")
+    table = readme[readme.index("### Environment variables"):]
+    table = table[: table.index("\n\n", table.index("| variable"))]
+    assert used and sorted(used - set(re.findall(r"`(CKMBENCH_[A-Z0-9_]+)`", table))) == []

@@ -14,7 +14,7 @@ from ckmbench.method import RunContext, TaskData
 from ckmbench.metrics.cost import count_parameters
 from ckmbench.plugins import registry
 from ckmbench.runner import RunConfig, run
-from ckmbench_plugins.baselines.grid import upsample_grid
+from ckmbench.upsample import upsample_grid
 from ckmbench_plugins.diffusion import CGDM_PAPER, CGDM_SMALL, CDIFF_PAPER, LICGDM_TINY
 from ckmbench_plugins.diffusion.licgdm import knapsack_min_value
 from ckmbench_plugins.diffusion.srdiff import upsample_on_device
@@ -359,3 +359,34 @@ def test_a_method_revision_joins_its_version_and_fit_key(reg):
         reg.items["methods"]["cgdm"] = dataclasses.replace(old, version="2")
     keys = {fit_key("cgdm", v, "sr4", "h", "small", {}, 0) for v in (dist_version, f"{dist_version}+2")}
     assert len(keys) == 2
+
+
+def test_cdiff_on_plain_sr4_uses_cgdms_fit_and_predicts_identically(tmp_path, reg, data, monkeypatch):
+    from ckmbench.fitting import fit_method
+    from ckmbench.training import Trainer
+
+    ts = reg.task("sr4")
+    task = ts.make(**ts.params)
+    train, val = TaskData(data.split("train"), task, 0), TaskData(data.split("val"), task, 0)
+    monkeypatch.setenv("CKMBENCH_FITS", str(tmp_path / "fits"))
+
+    def fit(name):
+        spec = reg.method(name)
+        method = spec.factory("tiny", dict(spec.profiles["tiny"]))
+        info = fit_method(method, spec, version=reg.method_version(name)[1], train_task=task, train_name=DATASET,
+                          train_hash="h", profile="tiny", hparams=dict(spec.profiles["tiny"]), seed=0, train=train,
+                          val=val, ctx=RunContext(seed=0, profile="tiny", progress=False), registry=reg)
+        return method, info
+
+    cgdm, first = fit("cgdm")
+    assert first["source"] == "trained"
+    monkeypatch.setattr(Trainer, "fit", lambda *a, **k: pytest.fail("cdiff trained a second copy of cgdm's fit"))
+    cdiff, second = fit("cdiff")
+    assert second["source"] == "cache" and second["key"] == first["key"] and second["dir"] == first["dir"]
+    assert sorted(p.name for p in (tmp_path / "fits").iterdir()) == [Path(first["dir"]).name]  # one fit stored
+    obs, _, _ = TaskData(data.split("test"), task, 0).batch_at(range(3))
+    ctx = RunContext(seed=0, progress=False)
+    assert torch.equal(cgdm.predict(obs, ctx), cdiff.predict(obs, ctx))
+    # on sr4-envcf CDiff is its own model (the EnvCF map): no sharing there
+    envcf = reg.task("sr4-envcf")
+    assert cdiff.shares_fit_with(envcf.make(**envcf.params)) is None

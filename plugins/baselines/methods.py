@@ -22,9 +22,9 @@ from ckmbench.data.sample import normalize
 from ckmbench.errors import CkmError
 from ckmbench.method import Method
 from ckmbench.tasks.operators import NOISE_STD, lr_offset
+from ckmbench.upsample import upsample_grid
 
 from . import scattered
-from .grid import upsample_grid
 from .kriging import MODELS, fit_variogram, krige
 from .logdistance import distance_m, fit_log_distance, free_space_intercept_db, log_distance_gain
 from .problem import Problem, kept_pixels, local_support, lr_mode_of, problems

@@ -80,6 +80,11 @@ class CGDM(SRDiffusion):
 class CDiff(SRDiffusion):
     name = "cdiff"
 
+    def shares_fit_with(self, task) -> str | None:
+        """On a plain ``sr*`` task CDiff is CGDM (same network, profile and batches): it uses
+        CGDM's fit (ckmbench.fitting.shared_fit_owner) instead of training a second copy."""
+        return "cgdm" if task.name in SR_TASKS else None
+
 
 # Small-profile fits behind the committed leaderboards, shipped so that a fresh clone scores
 # them in minutes instead of training for half an hour (`--refit` trains anyway).

@@ -25,7 +25,7 @@ from ckmbench.fitting import report_fit
 from ckmbench.method import Method
 from ckmbench.tasks.operators import lr_offset
 from ckmbench.training import Trainer, TrainConfig, autocast
-from ckmbench_plugins.baselines.grid import upsample_grid
+from ckmbench.upsample import upsample_grid
 from ckmbench_plugins.baselines.problem import lr_mode_of
 
 # Keys of the profiles that only change prediction, so a new sampler setting reuses the fit.
@@ -197,7 +197,7 @@ def _axis_matrix(n_lr: int, n_hr: int, factor: int, offset: float) -> torch.Tens
 def upsample_on_device(y: torch.Tensor, out_shape: tuple[int, int], factor: int, lr_mode: str) -> torch.Tensor:
     """The bicubic baseline's aligned upsampling as two matrix products on ``y``'s device.
 
-    Same values as ``ckmbench_plugins.baselines.grid.upsample_grid`` (Keys a = -0.5, edge
+    Same values as ``ckmbench.upsample.upsample_grid`` (Keys a = -0.5, edge
     replication), but no host round trip, so it runs inside a CUDA training loop.
     """
     h, w = y.shape[-2:]
