@@ -137,7 +137,10 @@ def cli(verbose: bool):
 @click.option("--time-budget", default=None, type=Finite(0, low_open=True, hint=" (seconds)"), help="Seconds; a learned method stops training there, saves and is scored; "
                    "a classical run past it is stored as timeout.")
 @click.option("--checkpoint", default=None, help="Load this checkpoint instead of fitting.")
-@click.option("--refit", is_flag=True, help="Train again even when the fit cache holds this fit.")
+@click.option("--refit", is_flag=True, help="Do not reuse a finished fit (cached or shipped): train again; an "
+                                            "unfinished fit of the same configuration (killed, time budget) resumes.")
+@click.option("--restart", is_flag=True, help="Throw the fit's saved train state away and train from step 0 "
+                                              "(a teacher fit, e.g. LiCGDM's CGDM, is kept).")
 @click.option("--set", "sets", multiple=True, help="Hyper-parameter override key=value (repeatable).")
 @click.option("--fid/--no-fid", default=None,
               help="Compute FID (default: only for inpaint, denoise, generate and the -noisy sr tasks).")
@@ -161,7 +164,7 @@ def cli(verbose: bool):
 @click.option("--loader-workers", default=None, type=click.IntRange(min=0),
               help="DataLoader worker processes building training batches (default $CKMBENCH_LOADER_WORKERS or 0).")
 def run(method, task, dataset, train_dataset, profile, seed, device, data_root, train_data_root, store, runs_dir,
-        max_test, time_budget, checkpoint, refit, sets, fid, protocol, no_progress, seeds, launcher, jobs,
+        max_test, time_budget, checkpoint, refit, restart, sets, fid, protocol, no_progress, seeds, launcher, jobs,
         launcher_config, wait, shard, loader_workers):
     """Fit METHOD on TASK, score it, print the metrics and store a record."""
     from .plugins import registry
@@ -209,7 +212,7 @@ def run(method, task, dataset, train_dataset, profile, seed, device, data_root, 
     cfgs = [RunConfig(method=m, task=t, dataset=dataset, train_dataset=train_dataset, profile=profile, seed=sd,
                       device=device, data_root=data_root, train_data_root=train_data_root, store=str(store_file),
                       runs_dir=runs_dir, max_test=max_test, time_budget_s=time_budget, checkpoint=checkpoint,
-                      refit=refit, progress=not no_progress and launcher == "inline", fid=fid, hparams=per_method[m],
+                      refit=refit, restart=restart, progress=not no_progress and launcher == "inline", fid=fid, hparams=per_method[m],
                       shard=shard_t, loader_workers=loader_workers)
             for m, t in pairs for sd in seed_list]
     if launcher != "inline":

@@ -128,7 +128,8 @@ class RunConfig:
     checkpoint: str | None = None
     progress: bool = True
     fid: bool | None = None  # None: only for the tasks whose papers report FID (FID_TASKS)
-    refit: bool = False  # train again even when the fit cache holds this fit
+    refit: bool = False  # never reuse a finished fit (an unfinished one of the same key resumes)
+    restart: bool = False  # throw an unfinished fit's train state away: train from step 0
     hparams: dict = field(default_factory=dict)
     # DataLoader worker processes for training batches (None: $CKMBENCH_LOADER_WORKERS, else 0)
     loader_workers: int | None = None
@@ -360,7 +361,8 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
                 record["fit"] = fit_method(
                     method, spec, version=version, train_task=prep.train_task, train_name=train_name,
                     train_hash=train_hash, profile=cfg.profile, hparams=prep.hparams, seed=cfg.seed, train=train,
-                    val=val, ctx=ctx, registry=reg, refit=cfg.refit)
+                    val=val, ctx=ctx, registry=reg, refit=cfg.refit,
+                    restart=cfg.restart)
             train_s = time.perf_counter() - t0
             if not dist_info().is_main:
                 return {**record, "rank": dist_info().rank}  # under torchrun, rank 0 alone scores and stores
