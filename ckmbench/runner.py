@@ -28,7 +28,7 @@ from .fitting import fit_method
 from .training import dist_info
 from .method import Method, RunContext, TaskData
 from .metrics.cost import PeakMemory
-from .plugins import Registry, registry as default_registry, require_profile
+from .plugins import Registry, _short_error, _SigintWatch, registry as default_registry, require_profile
 from .provenance import base_provenance, config_hash
 from .results import append_record, atomic_write_bytes, atomic_write_text, check_store_writable, default_runs_dir
 
@@ -348,8 +348,11 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
     # A learned method's budget bounds its training: it stops, saves and is scored on what it
     # learned (record: fit.budget_reached). A baseline past the budget is a timeout.
     predict_deadline = None if learned else deadline
+    stage = "building the method"  # where plugin code was when it failed: named in the record
+    watch = _SigintWatch().__enter__()
     try:
         method = spec.factory(cfg.profile, prep.hparams)
+        stage = "fit"
         empty = prep.test.take([])
         train = TaskData(prep.train if prep.train is not None else empty, prep.train_task, cfg.seed)
         val = TaskData(prep.val if prep.val is not None else empty, prep.train_task, cfg.seed)
@@ -373,11 +376,13 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
                 buf = io.BytesIO()
                 torch.save(state, buf)
                 atomic_write_bytes(run_dir / "checkpoint.pt", buf.getvalue())
+            stage = "predict"
             warm_up(method, prep.task, prep.test, ctx)
             t1 = time.perf_counter()
             pred, target, regions, observations = predict_all(method, prep.task, prep.test, ctx, cfg.batch_size,
                                                                      predict_deadline)
             infer_s = time.perf_counter() - t1
+        stage = "scoring"
         pred = pred.clamp(0, 1)
         from .metrics.evaluate import evaluate
 
@@ -420,6 +425,15 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         log.debug("run failed", exc_info=True)
         record.update(status="error", message=f"{type(exc).__name__}: {exc}")
         atomic_write_text(run_dir / "error.txt", traceback.format_exc())
+    except BaseException as exc:  # SystemExit, a KeyboardInterrupt not from Ctrl-C...: the plugin's failure
+        if isinstance(exc, KeyboardInterrupt) and watch.received:
+            raise
+        owner = reg.owner[("methods", spec.name)]
+        record.update(status="error", message=f"method '{spec.name}' of plugin '{owner.name}' (distribution "
+                                              f"{owner.distribution}) ended with {_short_error(exc)} in {stage}")
+        atomic_write_text(run_dir / "error.txt", traceback.format_exc())
+    finally:
+        watch.__exit__(None, None, None)
     try:
         atomic_write_text(run_dir / "record.json", json.dumps(record, indent=1, sort_keys=True, default=str))
     except OSError as exc:

@@ -1,0 +1,88 @@
+"""Sweeps under hostile plugins and kills: a plugin's sys.exit is its own run's error, launched
+workers end with their parent, --resume skips finished runs, leftovers of killed runs go (issue 20)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+import torch
+
+from ckmbench.hookspecs import hookimpl
+from ckmbench.method import Method
+from ckmbench.plugins import load_registry
+from ckmbench.results import read_records
+from ckmbench.runner import RunConfig, run
+from ckmbench.specs import MethodSpec
+
+
+class ExitsInPredict(Method):
+    name = "exits-in-predict"
+
+    def predict(self, obs, ctx):
+        sys.exit(7)
+
+
+class ExitsInFit(Method):
+    name = "exits-in-fit"
+
+    def fit(self, train, val, task, ctx):
+        raise SystemExit("bye")
+
+    def predict(self, obs, ctx):
+        return torch.zeros(len(obs), 1, *obs.out_shape)
+
+
+class InterruptsItself(Method):
+    name = "interrupts-itself"
+
+    def predict(self, obs, ctx):
+        raise KeyboardInterrupt  # raised by the plugin, no Ctrl-C
+
+
+def hostile_registry():
+    mod = types.ModuleType("hostile_methods")
+
+    def register_methods(register):
+        for cls in (ExitsInPredict, ExitsInFit, InterruptsItself):
+            register(MethodSpec(name=cls.name, factory=lambda p, h, cls=cls: cls(p, h), tasks=("sr4",)))
+
+    mod.ckmbench_register_methods = hookimpl(register_methods)
+    return load_registry(extra_plugins=(mod,))
+
+
+def cfg(tmp_path, **kw):
+    base = dict(method="bilinear", task="sr4", dataset="city-tiny", profile="tiny", store=str(tmp_path / "r.jsonl"),
+                runs_dir=str(tmp_path / "runs"), progress=False, max_test=2, examples=0)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def test_a_plugin_that_exits_is_an_error_record_naming_it(tmp_path):
+    reg = hostile_registry()
+    exits = run(cfg(tmp_path, method="exits-in-predict"), reg)
+    fit = run(cfg(tmp_path, method="exits-in-fit"), reg)
+    interrupted = run(cfg(tmp_path, method="interrupts-itself"), reg)
+    for record, where in ((exits, "in predict"), (fit, "in fit"), (interrupted, "in predict")):
+        assert record["status"] == "error" and where in record["message"], record["message"]
+        assert f"method '{record['method']}' of plugin 'hostile_methods'" in record["message"]
+    assert "SystemExit: 7" in exits["message"] and "SystemExit: bye" in fit["message"]
+    assert "KeyboardInterrupt" in interrupted["message"]
+    assert [r["status"] for r in read_records(tmp_path / "r.jsonl")] == ["error"] * 3
+
+
+def test_a_sweep_goes_on_past_a_plugin_that_exits(tmp_path, monkeypatch, capsys):
+    from ckmbench import cli, plugins
+
+    reg = hostile_registry()
+    monkeypatch.setattr(plugins, "registry", lambda: reg)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["run", "-m", "exits-in-predict,exits-in-fit,bilinear", "-t", "sr4", "-d", "city-tiny", "-p", "tiny",
+                  "--max-test", "2", "--store", str(tmp_path / "r.jsonl"), "--no-progress"])
+    assert exit_.value.code == 1
+    assert "2 of 3 run(s) did not finish" in capsys.readouterr().err
+    records = read_records(tmp_path / "r.jsonl")
+    assert [(r["method"], r["status"]) for r in records] == [
+        ("exits-in-predict", "error"), ("exits-in-fit", "error"), ("bilinear", "done")]
