@@ -143,3 +143,86 @@ def test_refit_and_restart_leave_a_dependency_alone(tmp_path, monkeypatch):
         _, info = fit(student, registry=reg, **flags)
         assert info["source"] == "trained"
         assert (teacher_dir / "fit.pt").stat().st_mtime_ns == stamp  # the teacher's fit was reused, not retrained
+
+
+# ------------------------------------------------------------------ fit checksums
+def flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_fit_records_its_sha256_and_a_flipped_byte_is_refused(tmp_path, monkeypatch):
+    import hashlib
+
+    monkeypatch.setenv("CKMBENCH_FITS", str(tmp_path / "fits"))
+    spec = toy_spec()
+    _, info = fit(spec)
+    folder = Path(info["dir"])
+    meta = json.loads((folder / "fit.json").read_text())
+    assert meta["fit_sha256"] == hashlib.sha256((folder / "fit.pt").read_bytes()).hexdigest()
+    flip_a_byte(folder / "fit.pt")
+    with pytest.raises(CkmError, match=r"^fit file damaged: .*fit\.pt; run with --refit"):
+        fit(spec)
+    _, again = fit(spec, refit=True)  # the fix the message names
+    assert again["source"] == "trained" and fit(spec)[1]["source"] == "cache"
+
+
+def test_a_cached_fit_from_before_checksums_is_trained_again_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("CKMBENCH_FITS", str(tmp_path / "fits"))
+    spec = toy_spec()
+    _, info = fit(spec)
+    meta_path = Path(info["dir"]) / "fit.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["fit_sha256"]
+    meta_path.write_text(json.dumps(meta))
+    _, again = fit(spec)
+    assert again["source"] == "trained" and "fit_sha256" in json.loads(meta_path.read_text())
+    assert fit(spec)[1]["source"] == "cache"
+
+
+def shipped_copy(tmp_path, monkeypatch, stamp: bool):
+    """A fit made in one cache, copied (weights and fit.json) into a plugin's fits folder."""
+    import shutil
+
+    from ckmbench.fitcache import stamp_fit
+
+    monkeypatch.setenv("CKMBENCH_FITS", str(tmp_path / "maker"))
+    _, info = fit(toy_spec())
+    folder = tmp_path / "shipped" / Path(info["dir"]).name
+    folder.mkdir(parents=True)
+    shutil.copy(Path(info["dir"]) / "fit.pt", folder / "fit.pt")
+    meta = json.loads((Path(info["dir"]) / "fit.json").read_text())
+    del meta["fit_sha256"]  # as the shipped fits of older releases are
+    (folder / "fit.json").write_text(json.dumps(meta))
+    if stamp:
+        assert len(stamp_fit(folder)) == 64
+    monkeypatch.setenv("CKMBENCH_FITS", str(tmp_path / "user"))
+    return toy_spec(fits_dir=str(tmp_path / "shipped")), folder
+
+
+def test_a_stamped_shipped_fit_is_used_and_a_damaged_one_refused(tmp_path, monkeypatch):
+    spec, folder = shipped_copy(tmp_path, monkeypatch, stamp=True)
+    assert fit(spec)[1]["source"] == "shipped"
+    flip_a_byte(folder / "fit.pt")
+    with pytest.raises(CkmError, match=r"^shipped fit damaged: .*fit\.pt; reinstall ckmbench$"):
+        fit(spec)
+
+
+def test_a_shipped_fit_without_checksum_is_refused(tmp_path, monkeypatch):
+    spec, _ = shipped_copy(tmp_path, monkeypatch, stamp=False)
+    with pytest.raises(CkmError, match=r"^shipped fit damaged: .*no fit_sha256.*reinstall ckmbench$"):
+        fit(spec)
+
+
+def test_every_fit_shipped_with_the_diffusion_plugin_carries_its_checksum():
+    """The integrator stamps retrained shipped fits with ``ckmbench.fitcache.stamp_fit``."""
+    from ckmbench.fitcache import bytes_digest
+    from ckmbench_plugins.diffusion import SHIPPED_FITS
+
+    folders = sorted(p for p in Path(SHIPPED_FITS).glob("*") if (p / "fit.json").exists())
+    if not folders:
+        pytest.skip("no fits shipped")
+    for folder in folders:
+        meta = json.loads((folder / "fit.json").read_text())
+        assert meta.get("fit_sha256") == bytes_digest(folder / "fit.pt"), f"{folder}: run stamp_fit on it"
