@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -86,3 +87,83 @@ def test_a_sweep_goes_on_past_a_plugin_that_exits(tmp_path, monkeypatch, capsys)
     records = read_records(tmp_path / "r.jsonl")
     assert [(r["method"], r["status"]) for r in records] == [
         ("exits-in-predict", "error"), ("exits-in-fit", "error"), ("bilinear", "done")]
+
+
+# ------------------------------------------------------------------ launched workers
+SLOW_PLUGIN = '''
+import os, time
+import torch
+from ckmbench.hookspecs import hookimpl
+from ckmbench.method import Method
+from ckmbench.specs import MethodSpec
+
+
+class SlowFit(Method):
+    name = "slow-fit"
+
+    def fit(self, train, val, task, ctx):
+        open(os.path.join(os.environ["SLOW_FIT_DIR"], "fitting-%d" % os.getpid()), "w").close()
+        time.sleep(120)
+
+    def predict(self, obs, ctx):
+        return torch.zeros(len(obs), 1, *obs.out_shape)
+
+
+@hookimpl
+def ckmbench_register_methods(register):
+    register(MethodSpec(name="slow-fit", factory=lambda p, h: SlowFit(p, h), tasks=("sr4",)))
+'''
+
+
+def installed_slow_plugin(root):
+    """A plugin distribution on PYTHONPATH (so spawned workers load it too): method slow-fit."""
+    (root / "fake_slow_plugin.py").write_text(SLOW_PLUGIN)
+    info = root / "fake_slow_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-slow-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[ckmbench]\nslow = fake_slow_plugin\n")
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killing_a_local_sweep_ends_its_workers(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    installed_slow_plugin(tmp_path)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+           "SLOW_FIT_DIR": str(marks), "OMP_NUM_THREADS": "1"}
+    sweep = subprocess.Popen([sys.executable, "-m", "ckmbench.cli", "run", "-m", "slow-fit", "-t", "sr4", "-d", "city-tiny",
+                              "-p", "tiny", "--seeds", "0,1", "--launcher", "local", "--jobs", "2", "--max-test", "1",
+                              "--store", str(tmp_path / "r.jsonl")], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, start_new_session=True)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers) < 2 and time.monotonic() < deadline and sweep.poll() is None:
+            time.sleep(0.2)
+            workers = [int(p.name.split("-")[1]) for p in marks.glob("fitting-*")]
+        assert len(workers) == 2, sweep.stderr.read().decode() if sweep.poll() is not None else "workers never fitted"
+        sweep.kill()  # kill -9 of the sweep
+        sweep.wait()
+        end = time.monotonic() + 5
+        while any(alive(w) for w in workers) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert not [w for w in workers if alive(w)], "workers outlived their killed sweep"
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+        for w in workers:
+            if alive(w):
+                os.kill(w, signal.SIGKILL)
