@@ -141,6 +141,8 @@ def cli(verbose: bool):
                                             "unfinished fit of the same configuration (killed, time budget) resumes.")
 @click.option("--restart", is_flag=True, help="Throw the fit's saved train state away and train from step 0 "
                                               "(a teacher fit, e.g. LiCGDM's CGDM, is kept).")
+@click.option("--resume", is_flag=True, help="Skip the runs whose configuration already has a done record in the "
+                                             "store or its pending folder (a killed sweep goes on where it stopped).")
 @click.option("--set", "sets", multiple=True, help="Hyper-parameter override key=value (repeatable).")
 @click.option("--fid/--no-fid", default=None,
               help="Compute FID (default: only for inpaint, denoise, generate and the -noisy sr tasks).")
@@ -164,7 +166,7 @@ def cli(verbose: bool):
 @click.option("--loader-workers", default=None, type=click.IntRange(min=0),
               help="DataLoader worker processes building training batches (default $CKMBENCH_LOADER_WORKERS or 0).")
 def run(method, task, dataset, train_dataset, profile, seed, device, data_root, train_data_root, store, runs_dir,
-        max_test, time_budget, checkpoint, refit, restart, sets, fid, protocol, no_progress, seeds, launcher, jobs,
+        max_test, time_budget, checkpoint, refit, restart, resume, sets, fid, protocol, no_progress, seeds, launcher, jobs,
         launcher_config, wait, shard, loader_workers):
     """Fit METHOD on TASK, score it, print the metrics and store a record."""
     from .plugins import registry
@@ -212,7 +214,7 @@ def run(method, task, dataset, train_dataset, profile, seed, device, data_root, 
     cfgs = [RunConfig(method=m, task=t, dataset=dataset, train_dataset=train_dataset, profile=profile, seed=sd,
                       device=device, data_root=data_root, train_data_root=train_data_root, store=str(store_file),
                       runs_dir=runs_dir, max_test=max_test, time_budget_s=time_budget, checkpoint=checkpoint,
-                      refit=refit, restart=restart, progress=not no_progress and launcher == "inline", fid=fid, hparams=per_method[m],
+                      refit=refit, restart=restart, resume=resume, progress=not no_progress and launcher == "inline", fid=fid, hparams=per_method[m],
                       shard=shard_t, loader_workers=loader_workers)
             for m, t in pairs for sd in seed_list]
     if launcher != "inline":
@@ -235,6 +237,9 @@ def run(method, task, dataset, train_dataset, profile, seed, device, data_root, 
             continue
         if record.get("rank", 0):
             continue  # under torchrun, rank 0 prints, scores and stores
+        if record["status"] == "skipped":  # --resume
+            click.echo(f"skipped {m} on {t} seed {cfg.seed}: {record['message']}")
+            continue
         print_record(record)
         if cfg.shard:
             click.echo(f"shard {shard} of this run waits in {pending_dir(store_file)}/: merge all shards with "
@@ -277,7 +282,7 @@ def _launch(cfgs, launcher: str, jobs: int, launcher_config, wait, store_file: P
                    + (f" ({r['message']})" if r.get("message") else ""))
     report = collect(store_file)
     click.echo(report.summary(store_file))
-    failed = sum(r["status"] != "done" for r in results)
+    failed = sum(r["status"] not in ("done", "skipped") for r in results)
     if failed:
         click.echo(f"{failed} of {len(results)} run(s) did not finish; their records hold the message.", err=True)
         sys.exit(1)

@@ -139,6 +139,8 @@ class RunConfig:
     # write the record as a per-run file in the store's pending folder, not into the store
     # (cluster jobs: `ckmbench results collect` merges them, no lock on a shared filesystem)
     pending: bool = False
+    # skip the run when the store (or its pending folder) holds a done record of its config hash
+    resume: bool = False
 
 
 @dataclass
@@ -313,6 +315,15 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         "train_dataset": train_name, "train_dataset_hash": train_hash, "profile": cfg.profile,
         "hparams": prep.hparams, "seed": cfg.seed, "max_test": cfg.max_test,
     }
+    chash = config_hash({**config, "protocol_version": base_provenance(prep.device)["protocol_version"]})
+    if cfg.resume:
+        from .pending import finished_record
+
+        done = finished_record(chash, store_file, cfg.shard)
+        if done:
+            return {"record_id": done, "status": "skipped", "method": spec.name, "task": cfg.task,
+                    "dataset": cfg.dataset, "seed": cfg.seed, "config_hash": chash,
+                    "message": f"done already: record {done[:8]} of config {chash} in {store_file}"}
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     run_dir = Path(cfg.runs_dir or default_runs_dir(cfg.store)) / f"{stamp}-{spec.name}-{cfg.task}-{cfg.dataset}-{record_id[:8]}"
     if not dist_info().is_main:  # under torchrun only rank 0 writes a run folder
@@ -328,7 +339,7 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         "profile": cfg.profile, "seed": cfg.seed, "n_test": len(prep.test), "map_size": list(prep.test.shape),
         "metrics": {}, "metric_notes": {}, "cost": {}, "hparams": prep.hparams,
         "overrides": {k: cfg.hparams[k] for k in sorted(cfg.hparams)},
-        "config_hash": config_hash({**config, "protocol_version": base_provenance(prep.device)["protocol_version"]}),
+        "config_hash": chash,
         **base_provenance(prep.device), "run_dir": str(run_dir), "examples": None,
         "fit": None,
     }

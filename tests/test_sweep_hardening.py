@@ -167,3 +167,28 @@ def test_killing_a_local_sweep_ends_its_workers(tmp_path):
         for w in workers:
             if alive(w):
                 os.kill(w, signal.SIGKILL)
+
+
+# ------------------------------------------------------------------ --resume
+def test_resume_skips_the_runs_a_killed_sweep_finished(tmp_path, capsys):
+    from ckmbench import cli
+
+    store = tmp_path / "r.jsonl"
+    common = ["-t", "sr4", "-d", "city-tiny", "-p", "tiny", "--max-test", "2", "--store", str(store), "--no-progress"]
+    cli.main(["run", "-m", "bilinear", *common])  # what the killed sweep finished
+    capsys.readouterr()
+    cli.main(["run", "-m", "bilinear,bicubic", "--resume", *common])
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("skipped")] == [
+        line for line in out.splitlines() if line.startswith("skipped bilinear on sr4 seed 0: done already")]
+    assert out.count("skipped") == 1
+    assert [r["method"] for r in read_records(store)] == ["bilinear", "bicubic"]
+
+
+def test_resume_sees_a_done_record_waiting_in_the_pending_folder(tmp_path):
+    first = run(cfg(tmp_path, pending=True), None)
+    again = run(cfg(tmp_path, resume=True), None)
+    assert again["status"] == "skipped" and again["record_id"] == first["record_id"]
+    assert run(cfg(tmp_path, resume=True, shard=(0, 1)), None)["status"] == "done"  # a shard is another record
+    assert run(cfg(tmp_path, resume=True, seed=1), None)["status"] == "done"  # another seed: another config
+    assert run(cfg(tmp_path, resume=True, shard=(0, 1)), None)["status"] == "skipped"
