@@ -207,6 +207,13 @@ def run(method, task, dataset, train_dataset, profile, seed, device, data_root, 
         raise CkmError(f"none of the methods {', '.join(methods)} supports any of the tasks {', '.join(tasks)}")
     per_method = _method_sets(reg, sorted({m for m, _ in pairs}), profile, overrides)
     store_file = check_store_writable(store)  # before any work: a finished run must never lose its record
+    from .leftovers import clean_leftovers
+    from .results import default_runs_dir
+
+    removed = clean_leftovers(store_file, Path(runs_dir) if runs_dir else default_runs_dir(str(store_file)))
+    if removed:
+        click.echo(f"removed {len(removed)} leftover(s) of killed runs (run folders without a record, "
+                   f"unreferenced examples files)", err=True)
     if seeds and seed:
         raise CkmError(f"--seed {seed} and --seeds {seeds} both given: pass one of them")
     seed_list = _parse_seeds(seeds) if seeds else [seed]

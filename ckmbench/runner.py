@@ -25,6 +25,7 @@ from .data.builtin import DEFAULT_DATASET
 from .data.registry import load_dataset
 from .errors import CkmError
 from .fitting import fit_method
+from .leftovers import mark_examples, unmark_examples, writer
 from .training import dist_info
 from .method import Method, RunContext, TaskData
 from .metrics.cost import PeakMemory
@@ -348,7 +349,8 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         from .shards import shard_field
 
         record["shard"] = shard_field(cfg.shard, record["config_hash"], prep.n_test_total)
-    atomic_write_text(run_dir / "config.json", json.dumps({**asdict(cfg), **config}, indent=1, sort_keys=True, default=str))
+    atomic_write_text(run_dir / "config.json", json.dumps({**asdict(cfg), **config, "record_id": record_id,
+                                                          "writer": writer()}, indent=1, sort_keys=True, default=str))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % (2**32))
     deadline = time.monotonic() + cfg.time_budget_s if cfg.time_budget_s else None
@@ -426,6 +428,8 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         inference_params = method.inference_parameters()
         if inference_params is not None:  # frozen modules used to predict (S3's count), e.g. a VAE decoder
             record["cost"]["params_inference"] = int(inference_params)
+        if cfg.examples > 0:  # the file is this process's until the record is stored (ckmbench.leftovers)
+            mark_examples(store_file, record_id)
         record["examples"] = _save_examples(store_file, record_id, prep.test, pred, target, observations, cfg.examples)
         _write_run_outputs(run_dir, result, prep.test, record, store_file)
     except RunTimeout as exc:
@@ -457,6 +461,7 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         except (OSError, ValueError, TypeError) as exc:
             raise RecordNotStored(f"{spec.name} on {cfg.task}: record not written to the pending folder of "
                                   f"{store_file} ({exc}); it is kept in {run_dir / 'record.json'}", record) from None
+        unmark_examples(store_file, record_id)
         return record
     try:
         append_record(record, store_file)
@@ -464,6 +469,7 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         log.debug("append failed", exc_info=True)
         raise RecordNotStored(f"{spec.name} on {cfg.task}: record not stored in {store_file} ({exc}); "
                               f"it is kept in {run_dir / 'record.json'}", record) from None
+    unmark_examples(store_file, record_id)
     return record
 
 

@@ -192,3 +192,55 @@ def test_resume_sees_a_done_record_waiting_in_the_pending_folder(tmp_path):
     assert run(cfg(tmp_path, resume=True, shard=(0, 1)), None)["status"] == "done"  # a shard is another record
     assert run(cfg(tmp_path, resume=True, seed=1), None)["status"] == "done"  # another seed: another config
     assert run(cfg(tmp_path, resume=True, shard=(0, 1)), None)["status"] == "skipped"
+
+
+# ------------------------------------------------------------------ leftovers of killed runs
+def dead_pid() -> int:
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_leftovers_of_killed_runs_go_at_the_next_run(tmp_path, monkeypatch, capsys):
+    from ckmbench import cli, runner
+    from ckmbench.leftovers import writer
+
+    store, runs = tmp_path / "r.jsonl", tmp_path / "runs"
+    common = ["-t", "sr4", "-d", "city-tiny", "-p", "tiny", "--max-test", "2", "--store", str(store), "--no-progress"]
+
+    def full_disk(record, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runner, "append_record", full_disk)  # the store write fails after the examples file
+    with pytest.raises(SystemExit):
+        cli.main(["run", "-m", "bilinear", *common])
+    monkeypatch.undo()
+    orphan = next((tmp_path / "examples").glob("*.npz"))
+    stamp = writer()
+    dead = {**stamp, "pid": dead_pid()}
+
+    def run_folder(name, who, files=("config.json",)):
+        folder = runs / name
+        folder.mkdir(parents=True)
+        for f in files:
+            (folder / f).write_text(json.dumps({"writer": who}))
+        return folder
+
+    killed = run_folder("20260101-000000-cgdm-sr4-city-tiny-aaaaaaaa", dead)
+    live = run_folder("20260101-000000-cgdm-sr4-city-tiny-bbbbbbbb", stamp)  # this process: still running
+    elsewhere = run_folder("20260101-000000-cgdm-sr4-city-tiny-cccccccc", {**dead, "host": "another-node"})
+    finished = run_folder("20260101-000000-cgdm-sr4-city-tiny-dddddddd", dead, ("config.json", "record.json"))
+    capsys.readouterr()
+    cli.main(["run", "-m", "bilinear", *common])  # the orphan's writer (this process) lives: kept
+    assert orphan.exists() and killed.exists() is False
+    assert live.exists() and elsewhere.exists() and finished.exists()
+    assert "removed 1 leftover(s)" in capsys.readouterr().err
+    mark = orphan.with_name(f".{orphan.stem}.writing")
+    mark.write_text(json.dumps(dead))  # its writer has ended since
+    cli.main(["run", "-m", "bilinear", *common])
+    assert not orphan.exists() and not mark.exists()
+    stored = [r["examples"] for r in read_records(store)]
+    assert len(stored) == 2 and all((tmp_path / e).exists() for e in stored)  # referenced files stay
+    assert not list((tmp_path / "examples").glob(".*.writing"))
