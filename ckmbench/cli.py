@@ -166,8 +166,8 @@ def cli(verbose: bool):
 @click.option("--loader-workers", default=None, type=click.IntRange(min=0),
               help="DataLoader worker processes building training batches (default $CKMBENCH_LOADER_WORKERS or 0).")
 def run(method, task, dataset, train_dataset, profile, seed, device, data_root, train_data_root, store, runs_dir,
-        max_test, time_budget, checkpoint, refit, restart, resume, sets, fid, protocol, no_progress, seeds, launcher, jobs,
-        launcher_config, wait, shard, loader_workers):
+        max_test, time_budget, checkpoint, refit, restart, resume, sets, fid, protocol, no_progress, seeds, launcher,
+        jobs, launcher_config, wait, shard, loader_workers):
     """Fit METHOD on TASK, score it, print the metrics and store a record."""
     from .plugins import registry
     from .report import print_record
@@ -221,7 +221,8 @@ def run(method, task, dataset, train_dataset, profile, seed, device, data_root, 
     cfgs = [RunConfig(method=m, task=t, dataset=dataset, train_dataset=train_dataset, profile=profile, seed=sd,
                       device=device, data_root=data_root, train_data_root=train_data_root, store=str(store_file),
                       runs_dir=runs_dir, max_test=max_test, time_budget_s=time_budget, checkpoint=checkpoint,
-                      refit=refit, restart=restart, resume=resume, progress=not no_progress and launcher == "inline", fid=fid, hparams=per_method[m],
+                      refit=refit, restart=restart, resume=resume, progress=not no_progress and launcher == "inline",
+                      fid=fid, hparams=per_method[m],
                       shard=shard_t, loader_workers=loader_workers)
             for m, t in pairs for sd in seed_list]
     if launcher != "inline":

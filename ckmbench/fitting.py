@@ -5,8 +5,9 @@ The runner calls :func:`fit_method`. For a learned method it looks the fit up in
 cache folder (so a killed fit resumes), calls ``method.fit`` and stores the weights with
 what the trainer reported. ``refit`` only refuses to reuse a *finished* fit: an unfinished
 one (killed, or stopped by a time budget) of the same key resumes, so the same ``--refit``
-command run again goes on; ``restart`` throws the train state away and starts at step 0. A method that builds on another method's fit (LiCGDM on CGDM)
-gets it from ``ctx.fit_dependency(name)``, fitted or reused the same way.
+command run again goes on; ``restart`` throws the train state away and starts at step 0.
+A method that builds on another method's fit (LiCGDM on CGDM) gets it from
+``ctx.fit_dependency(name)``, fitted or reused the same way (neither flag reaches it).
 """
 
 from __future__ import annotations

@@ -144,8 +144,8 @@ def test_killing_a_local_sweep_ends_its_workers(tmp_path):
     marks.mkdir()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
            "SLOW_FIT_DIR": str(marks), "OMP_NUM_THREADS": "1"}
-    sweep = subprocess.Popen([sys.executable, "-m", "ckmbench.cli", "run", "-m", "slow-fit", "-t", "sr4", "-d", "city-tiny",
-                              "-p", "tiny", "--seeds", "0,1", "--launcher", "local", "--jobs", "2", "--max-test", "1",
+    sweep = subprocess.Popen([sys.executable, "-m", "ckmbench.cli", "run", "-m", "slow-fit", "-t", "sr4",
+                              "-d", "city-tiny", "-p", "tiny", "--seeds", "0,1", "--launcher", "local", "--jobs", "2", "--max-test", "1",
                               "--store", str(tmp_path / "r.jsonl")], env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, start_new_session=True)
     workers: list[int] = []
