@@ -137,7 +137,12 @@ def cli(verbose: bool):
 @click.option("--time-budget", default=None, type=Finite(0, low_open=True, hint=" (seconds)"), help="Seconds; a learned method stops training there, saves and is scored; "
                    "a classical run past it is stored as timeout.")
 @click.option("--checkpoint", default=None, help="Load this checkpoint instead of fitting.")
-@click.option("--refit", is_flag=True, help="Train again even when the fit cache holds this fit.")
+@click.option("--refit", is_flag=True, help="Do not reuse a finished fit (cached or shipped): train again; an "
+                                            "unfinished fit of the same configuration (killed, time budget) resumes.")
+@click.option("--restart", is_flag=True, help="Throw the fit's saved train state away and train from step 0 "
+                                              "(a teacher fit, e.g. LiCGDM's CGDM, is kept).")
+@click.option("--resume", is_flag=True, help="Skip the runs whose configuration already has a done record in the "
+                                             "store or its pending folder (a killed sweep goes on where it stopped).")
 @click.option("--set", "sets", multiple=True, help="Hyper-parameter override key=value (repeatable).")
 @click.option("--fid/--no-fid", default=None,
               help="Compute FID (default: only for inpaint, denoise, generate and the -noisy sr tasks).")
@@ -161,8 +166,8 @@ def cli(verbose: bool):
 @click.option("--loader-workers", default=None, type=click.IntRange(min=0),
               help="DataLoader worker processes building training batches (default $CKMBENCH_LOADER_WORKERS or 0).")
 def run(method, task, dataset, train_dataset, profile, seed, device, data_root, train_data_root, store, runs_dir,
-        max_test, time_budget, checkpoint, refit, sets, fid, protocol, no_progress, seeds, launcher, jobs,
-        launcher_config, wait, shard, loader_workers):
+        max_test, time_budget, checkpoint, refit, restart, resume, sets, fid, protocol, no_progress, seeds, launcher,
+        jobs, launcher_config, wait, shard, loader_workers):
     """Fit METHOD on TASK, score it, print the metrics and store a record."""
     from .plugins import registry
     from .report import print_record
@@ -202,6 +207,13 @@ def run(method, task, dataset, train_dataset, profile, seed, device, data_root, 
         raise CkmError(f"none of the methods {', '.join(methods)} supports any of the tasks {', '.join(tasks)}")
     per_method = _method_sets(reg, sorted({m for m, _ in pairs}), profile, overrides)
     store_file = check_store_writable(store)  # before any work: a finished run must never lose its record
+    from .leftovers import clean_leftovers
+    from .results import default_runs_dir
+
+    removed = clean_leftovers(store_file, Path(runs_dir) if runs_dir else default_runs_dir(str(store_file)))
+    if removed:
+        click.echo(f"removed {len(removed)} leftover(s) of killed runs (run folders without a record, "
+                   f"unreferenced examples files)", err=True)
     if seeds and seed:
         raise CkmError(f"--seed {seed} and --seeds {seeds} both given: pass one of them")
     seed_list = _parse_seeds(seeds) if seeds else [seed]
@@ -209,7 +221,8 @@ def run(method, task, dataset, train_dataset, profile, seed, device, data_root, 
     cfgs = [RunConfig(method=m, task=t, dataset=dataset, train_dataset=train_dataset, profile=profile, seed=sd,
                       device=device, data_root=data_root, train_data_root=train_data_root, store=str(store_file),
                       runs_dir=runs_dir, max_test=max_test, time_budget_s=time_budget, checkpoint=checkpoint,
-                      refit=refit, progress=not no_progress and launcher == "inline", fid=fid, hparams=per_method[m],
+                      refit=refit, restart=restart, resume=resume, progress=not no_progress and launcher == "inline",
+                      fid=fid, hparams=per_method[m],
                       shard=shard_t, loader_workers=loader_workers)
             for m, t in pairs for sd in seed_list]
     if launcher != "inline":
@@ -232,6 +245,9 @@ def run(method, task, dataset, train_dataset, profile, seed, device, data_root, 
             continue
         if record.get("rank", 0):
             continue  # under torchrun, rank 0 prints, scores and stores
+        if record["status"] == "skipped":  # --resume
+            click.echo(f"skipped {m} on {t} seed {cfg.seed}: {record['message']}")
+            continue
         print_record(record)
         if cfg.shard:
             click.echo(f"shard {shard} of this run waits in {pending_dir(store_file)}/: merge all shards with "
@@ -274,7 +290,7 @@ def _launch(cfgs, launcher: str, jobs: int, launcher_config, wait, store_file: P
                    + (f" ({r['message']})" if r.get("message") else ""))
     report = collect(store_file)
     click.echo(report.summary(store_file))
-    failed = sum(r["status"] != "done" for r in results)
+    failed = sum(r["status"] not in ("done", "skipped") for r in results)
     if failed:
         click.echo(f"{failed} of {len(results)} run(s) did not finish; their records hold the message.", err=True)
         sys.exit(1)

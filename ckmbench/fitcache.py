@@ -8,7 +8,11 @@ resumable state, so a killed or time-budgeted fit goes on where it stopped.
 
 Layout: ``$CKMBENCH_FITS`` (default: the user cache folder ``ckmbench/fits``) /
 ``<method>-<key>/`` with ``fit.pt`` (the method's state_dict, weights only), ``fit.json``
-(what was trained, how far) and the trainer's ``<model>/train_state.pt``.
+(what was trained, how far, and ``fit_sha256``: the sha256 of ``fit.pt``) and the trainer's
+``<model>/train_state.pt``. A fit file whose bytes no longer match ``fit_sha256`` is refused
+before it is loaded (never scored); a cached fit from before checksums counts as unfinished
+and is trained again (resumed) once. A plugin's shipped fits carry the field too:
+:func:`stamp_fit` writes it.
 """
 
 from __future__ import annotations
@@ -61,11 +65,7 @@ def fit_hparams(method, hparams: dict) -> dict:
 
 @functools.lru_cache(maxsize=16)
 def _digest(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return bytes_digest(Path(path))
 
 
 def file_digest(path: Path, what: str = "file") -> str:
@@ -79,16 +79,41 @@ def file_digest(path: Path, what: str = "file") -> str:
     return _digest(str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
+def bytes_digest(path: Path) -> str:
+    """sha256 of a file's bytes, read now (no memo: a fit's integrity check)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def stamp_fit(folder) -> str:
+    """Write the sha256 of ``folder/fit.pt`` into ``folder/fit.json`` as ``fit_sha256`` (for a
+    plugin's shipped fits, after training them); returns the digest."""
+    folder = Path(folder)
+    meta_path = folder / META_FILE
+    try:
+        meta = json.loads(meta_path.read_text("utf-8"))
+        digest = bytes_digest(folder / FIT_FILE)
+    except (OSError, ValueError) as exc:
+        raise CkmError(f"cannot stamp the fit in {folder} ({exc}): it needs a fit.pt and a readable fit.json") from None
+    atomic_write_text(meta_path, json.dumps({**meta, "fit_sha256": digest}, indent=1, sort_keys=True, default=str))
+    return digest
+
+
 @dataclass
 class FitEntry:
-    """One fit's folder in the cache."""
+    """One fit's folder in the cache (or, ``shipped``, in a plugin's read-only ``fits_dir``)."""
 
     key: str
     dir: Path
+    shipped: bool = False
 
     @classmethod
     def for_run(cls, method_name: str, key: str, root: Path | None = None) -> "FitEntry":
-        return cls(key, (root or fits_root()) / f"{method_name}-{key}")
+        """The fit's folder in the user's cache, or under ``root``: a plugin's shipped fits."""
+        return cls(key, (root or fits_root()) / f"{method_name}-{key}", shipped=root is not None)
 
     @property
     def meta_path(self) -> Path:
@@ -103,25 +128,48 @@ class FitEntry:
             return None
 
     def complete(self) -> bool:
-        """A finished fit (not one stopped by a time budget) whose weights are on disk."""
+        """A finished fit (not one stopped by a time budget) whose weights are on disk; a cached
+        fit must also carry its checksum (one from before checksums is trained again, once)."""
         meta = self.meta()
-        return bool(meta and meta.get("complete") and (self.dir / FIT_FILE).exists())
+        return bool(meta and meta.get("complete") and (self.dir / FIT_FILE).exists()
+                    and (self.shipped or meta.get("fit_sha256")))
+
+    def verify(self) -> None:
+        """Refuse a fit file whose bytes are not those ``fit.json`` names (a flipped byte, a
+        truncated copy): one line with the fix, before anything is loaded or scored."""
+        path = self.dir / FIT_FILE
+        want = (self.meta() or {}).get("fit_sha256")
+        if want and path.is_file() and bytes_digest(path) == want:
+            return
+        why = "" if want else " (its fit.json has no fit_sha256)"
+        if self.shipped:
+            raise CkmError(f"shipped fit damaged: {path}{why}; reinstall ckmbench")
+        raise CkmError(f"fit file damaged: {path}{why}; run with --refit (or delete {self.dir})")
 
     def load(self, map_location="cpu") -> dict:
         from .checkpoints import load_checkpoint_file
 
+        self.verify()
         return load_checkpoint_file(self.dir / FIT_FILE, map_location=map_location)
 
     def save(self, state: dict, meta: dict) -> None:
-        """Weights first, then the metadata that declares them usable (both atomic)."""
-        from .training import save_atomic
+        """Weights first, then the metadata (with their sha256) that declares them usable (both atomic)."""
+        import io
 
+        import torch
+
+        from .results import atomic_write_bytes
+
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        data = buf.getvalue()
         self.dir.mkdir(parents=True, exist_ok=True)
-        save_atomic(state, self.dir / FIT_FILE)
+        atomic_write_bytes(self.dir / FIT_FILE, data)
+        meta = {**meta, "fit_sha256": hashlib.sha256(data).hexdigest()}
         atomic_write_text(self.meta_path, json.dumps(meta, indent=1, sort_keys=True, default=str))
 
     def clear(self) -> None:
-        """Forget this fit (``--refit``): weights and resumable state."""
+        """Forget this fit (``--refit`` of a finished one, ``--restart``): weights and resumable state."""
         if self.dir.exists():
             shutil.rmtree(self.dir)
 
@@ -130,6 +178,7 @@ def describe(entry: FitEntry, source: str, meta: dict | None) -> dict:
     """The ``fit`` field of a record: which fit was used and how it came about (``source`` is
     "trained", "cache" or "shipped"; the rest is what the method reported, e.g. steps_done,
     budget_reached, and LiCGDM's params_before/params_after)."""
-    out = {k: v for k, v in (meta or {}).items() if k not in ("hparams", "method", "method_version", "seed", "profile")}
+    out = {k: v for k, v in (meta or {}).items()
+           if k not in ("hparams", "method", "method_version", "seed", "profile", "fit_sha256")}
     out.update(key=entry.key, source=source, dir=str(entry.dir))
     return out

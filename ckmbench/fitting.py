@@ -3,8 +3,11 @@
 The runner calls :func:`fit_method`. For a learned method it looks the fit up in the cache
 (:mod:`ckmbench.fitcache`); when absent (or with ``refit``) it points the trainer at the
 cache folder (so a killed fit resumes), calls ``method.fit`` and stores the weights with
-what the trainer reported. A method that builds on another method's fit (LiCGDM on CGDM)
-gets it from ``ctx.fit_dependency(name)``, fitted or reused the same way.
+what the trainer reported. ``refit`` only refuses to reuse a *finished* fit: an unfinished
+one (killed, or stopped by a time budget) of the same key resumes, so the same ``--refit``
+command run again goes on; ``restart`` throws the train state away and starts at step 0.
+A method that builds on another method's fit (LiCGDM on CGDM) gets it from
+``ctx.fit_dependency(name)``, fitted or reused the same way (neither flag reaches it).
 """
 
 from __future__ import annotations
@@ -28,8 +31,13 @@ def report_fit(ctx, result, **extra) -> None:
 
 
 def fit_method(method, spec, *, version: str, train_task, train_name: str, train_hash: str, profile: str,
-               hparams: dict, seed: int, train, val, ctx, registry=None, refit: bool = False) -> dict | None:
-    """Fit ``method`` (or load its cached fit); returns the record's ``fit`` field (None for baselines)."""
+               hparams: dict, seed: int, train, val, ctx, registry=None, refit: bool = False,
+               restart: bool = False) -> dict | None:
+    """Fit ``method`` (or load its cached fit); returns the record's ``fit`` field (None for baselines).
+
+    ``refit``: never reuse a finished fit (cached or shipped); an unfinished one resumes.
+    ``restart``: also throw an unfinished fit's train state away. Neither reaches the fits of
+    ``ctx.fit_dependency`` (a teacher is reused or resumed as usual)."""
     if spec.kind == "baseline":
         method.fit(train, val, train_task, ctx)
         return None
@@ -38,14 +46,14 @@ def fit_method(method, spec, *, version: str, train_task, train_name: str, train
     entry = FitEntry.for_run(spec.name, key)
     info = dist_info()
     main = info.is_main
-    if refit and main:
+    if main and (restart or (refit and entry.complete())):
         entry.clear()
     if _agreed(entry.complete(), ctx):
         announce_stored(fit_label(spec.name, train_task.name, train_name, profile), "cached", entry, entry.meta())
         _load_fit(method, entry, ctx)
         return describe(entry, "cache", entry.meta())
     shipped = FitEntry.for_run(spec.name, key, Path(spec.fits_dir)) if getattr(spec, "fits_dir", None) else None
-    if not refit and shipped is not None and _agreed(shipped.complete(), ctx):
+    if not (refit or restart) and shipped is not None and _agreed(shipped.complete(), ctx):
         announce_stored(fit_label(spec.name, train_task.name, train_name, profile), "shipped", shipped, shipped.meta())
         _load_fit(method, shipped, ctx)
         return describe(shipped, "shipped", shipped.meta())

@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
 
 from .errors import CkmError
@@ -84,17 +88,53 @@ def pin_gpu(counter, gpus: list[str]) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
 
 
-def launch_local(cfgs: list, jobs: int) -> list[dict]:
-    """The runs in ``jobs`` parallel processes (spawned: each loads torch afresh), cores shared
-    out between them and, for CUDA runs, one GPU per process (:func:`pin_gpu`)."""
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def end_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
+    """Worker side: this process dies with the one that launched it, ``kill -9`` included, so a
+    killed sweep leaves no orphan workers. On Linux the kernel sends SIGKILL when the parent
+    ends (``PR_SET_PDEATHSIG``); a thread that polls the parent's pid is the fallback elsewhere
+    (and when prctl is unavailable)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # the parent ended before the line above took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="ckmbench-parent-watch", daemon=True).start()
+
+
+def _worker_init(parent_pid: int, counter, gpus: list[str]) -> None:
+    end_with_parent(parent_pid)
+    pin_gpu(counter, gpus)
+
+
+def worker_pool(jobs: int, gpus: list[str]):
+    """``jobs`` spawned worker processes (each loads torch afresh) that end with this process
+    (:func:`end_with_parent`) and, for CUDA runs, see one GPU each (:func:`pin_gpu`)."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
     context = get_context("spawn")
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init,
+                               initargs=(os.getpid(), context.Value("i", 0), gpus))
+
+
+def launch_local(cfgs: list, jobs: int) -> list[dict]:
+    """The runs in ``jobs`` parallel processes (:func:`worker_pool`), cores shared out between them."""
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
     gpus = visible_gpus() if any(str(c.device).startswith("cuda") for c in cfgs) else []
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=pin_gpu,
-                             initargs=(context.Value("i", 0), gpus)) as pool:
+    with worker_pool(jobs, gpus) as pool:
         futures = [pool.submit(run_job, _as_dict(c), threads) for c in cfgs]
         return [f.result() for f in futures]
 

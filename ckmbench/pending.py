@@ -48,6 +48,27 @@ def write_pending(record: dict, store=None, payload: bytes | None = None) -> Pat
     return target
 
 
+def finished_record(config_hash: str, store=None, shard: tuple[int, int] | None = None) -> str | None:
+    """The id of a ``done`` record of this configuration in the store, or waiting in its pending
+    folder (for a shard: one of the same shard), else None: what ``run --resume`` skips."""
+    for rec in read_records(store_path(store)):
+        if rec.get("config_hash") == config_hash and rec.get("status") == "done":
+            return rec.get("record_id")
+    folder = pending_dir(store)
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+        try:
+            rec = json.loads(path.read_text("utf-8"))
+        except (OSError, ValueError):
+            continue  # `results collect` reports it
+        if not isinstance(rec, dict) or rec.get("config_hash") != config_hash or rec.get("status") != "done":
+            continue
+        got = rec.get("shard")
+        same = got is None if shard is None else bool(got) and (got.get("index"), got.get("count")) == tuple(shard)
+        if same:
+            return rec.get("record_id")
+    return None
+
+
 @dataclass
 class CollectReport:
     appended: list[dict] = field(default_factory=list)

@@ -25,10 +25,11 @@ from .data.builtin import DEFAULT_DATASET
 from .data.registry import load_dataset
 from .errors import CkmError
 from .fitting import fit_method
+from .leftovers import mark_examples, unmark_examples, writer
 from .training import dist_info
 from .method import Method, RunContext, TaskData
 from .metrics.cost import PeakMemory
-from .plugins import Registry, registry as default_registry, require_profile
+from .plugins import Registry, _short_error, _SigintWatch, registry as default_registry, require_profile
 from .provenance import base_provenance, config_hash
 from .results import append_record, atomic_write_bytes, atomic_write_text, check_store_writable, default_runs_dir
 
@@ -128,7 +129,8 @@ class RunConfig:
     checkpoint: str | None = None
     progress: bool = True
     fid: bool | None = None  # None: only for the tasks whose papers report FID (FID_TASKS)
-    refit: bool = False  # train again even when the fit cache holds this fit
+    refit: bool = False  # never reuse a finished fit (an unfinished one of the same key resumes)
+    restart: bool = False  # throw an unfinished fit's train state away: train from step 0
     hparams: dict = field(default_factory=dict)
     # DataLoader worker processes for training batches (None: $CKMBENCH_LOADER_WORKERS, else 0)
     loader_workers: int | None = None
@@ -138,6 +140,8 @@ class RunConfig:
     # write the record as a per-run file in the store's pending folder, not into the store
     # (cluster jobs: `ckmbench results collect` merges them, no lock on a shared filesystem)
     pending: bool = False
+    # skip the run when the store (or its pending folder) holds a done record of its config hash
+    resume: bool = False
 
 
 @dataclass
@@ -312,6 +316,15 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         "train_dataset": train_name, "train_dataset_hash": train_hash, "profile": cfg.profile,
         "hparams": prep.hparams, "seed": cfg.seed, "max_test": cfg.max_test,
     }
+    chash = config_hash({**config, "protocol_version": base_provenance(prep.device)["protocol_version"]})
+    if cfg.resume:
+        from .pending import finished_record
+
+        done = finished_record(chash, store_file, cfg.shard)
+        if done:
+            return {"record_id": done, "status": "skipped", "method": spec.name, "task": cfg.task,
+                    "dataset": cfg.dataset, "seed": cfg.seed, "config_hash": chash,
+                    "message": f"done already: record {done[:8]} of config {chash} in {store_file}"}
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     run_dir = Path(cfg.runs_dir or default_runs_dir(cfg.store)) / f"{stamp}-{spec.name}-{cfg.task}-{cfg.dataset}-{record_id[:8]}"
     if not dist_info().is_main:  # under torchrun only rank 0 writes a run folder
@@ -327,7 +340,7 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         "profile": cfg.profile, "seed": cfg.seed, "n_test": len(prep.test), "map_size": list(prep.test.shape),
         "metrics": {}, "metric_notes": {}, "cost": {}, "hparams": prep.hparams,
         "overrides": {k: cfg.hparams[k] for k in sorted(cfg.hparams)},
-        "config_hash": config_hash({**config, "protocol_version": base_provenance(prep.device)["protocol_version"]}),
+        "config_hash": chash,
         **base_provenance(prep.device), "run_dir": str(run_dir), "examples": None,
         "fit": None,
     }
@@ -336,7 +349,8 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         from .shards import shard_field
 
         record["shard"] = shard_field(cfg.shard, record["config_hash"], prep.n_test_total)
-    atomic_write_text(run_dir / "config.json", json.dumps({**asdict(cfg), **config}, indent=1, sort_keys=True, default=str))
+    atomic_write_text(run_dir / "config.json", json.dumps({**asdict(cfg), **config, "record_id": record_id,
+                                                          "writer": writer()}, indent=1, sort_keys=True, default=str))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % (2**32))
     deadline = time.monotonic() + cfg.time_budget_s if cfg.time_budget_s else None
@@ -347,8 +361,11 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
     # A learned method's budget bounds its training: it stops, saves and is scored on what it
     # learned (record: fit.budget_reached). A baseline past the budget is a timeout.
     predict_deadline = None if learned else deadline
+    stage = "building the method"  # where plugin code was when it failed: named in the record
+    watch = _SigintWatch().__enter__()
     try:
         method = spec.factory(cfg.profile, prep.hparams)
+        stage = "fit"
         empty = prep.test.take([])
         train = TaskData(prep.train if prep.train is not None else empty, prep.train_task, cfg.seed)
         val = TaskData(prep.val if prep.val is not None else empty, prep.train_task, cfg.seed)
@@ -360,7 +377,8 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
                 record["fit"] = fit_method(
                     method, spec, version=version, train_task=prep.train_task, train_name=train_name,
                     train_hash=train_hash, profile=cfg.profile, hparams=prep.hparams, seed=cfg.seed, train=train,
-                    val=val, ctx=ctx, registry=reg, refit=cfg.refit)
+                    val=val, ctx=ctx, registry=reg, refit=cfg.refit,
+                    restart=cfg.restart)
             train_s = time.perf_counter() - t0
             if not dist_info().is_main:
                 return {**record, "rank": dist_info().rank}  # under torchrun, rank 0 alone scores and stores
@@ -371,11 +389,13 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
                 buf = io.BytesIO()
                 torch.save(state, buf)
                 atomic_write_bytes(run_dir / "checkpoint.pt", buf.getvalue())
+            stage = "predict"
             warm_up(method, prep.task, prep.test, ctx)
             t1 = time.perf_counter()
             pred, target, regions, observations = predict_all(method, prep.task, prep.test, ctx, cfg.batch_size,
                                                                      predict_deadline)
             infer_s = time.perf_counter() - t1
+        stage = "scoring"
         pred = pred.clamp(0, 1)
         from .metrics.evaluate import evaluate
 
@@ -408,6 +428,8 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         inference_params = method.inference_parameters()
         if inference_params is not None:  # frozen modules used to predict (S3's count), e.g. a VAE decoder
             record["cost"]["params_inference"] = int(inference_params)
+        if cfg.examples > 0:  # the file is this process's until the record is stored (ckmbench.leftovers)
+            mark_examples(store_file, record_id)
         record["examples"] = _save_examples(store_file, record_id, prep.test, pred, target, observations, cfg.examples)
         _write_run_outputs(run_dir, result, prep.test, record, store_file)
     except RunTimeout as exc:
@@ -418,6 +440,15 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         log.debug("run failed", exc_info=True)
         record.update(status="error", message=f"{type(exc).__name__}: {exc}")
         atomic_write_text(run_dir / "error.txt", traceback.format_exc())
+    except BaseException as exc:  # SystemExit, a KeyboardInterrupt not from Ctrl-C...: the plugin's failure
+        if isinstance(exc, KeyboardInterrupt) and watch.received:
+            raise
+        owner = reg.owner[("methods", spec.name)]
+        record.update(status="error", message=f"method '{spec.name}' of plugin '{owner.name}' (distribution "
+                                              f"{owner.distribution}) ended with {_short_error(exc)} in {stage}")
+        atomic_write_text(run_dir / "error.txt", traceback.format_exc())
+    finally:
+        watch.__exit__(None, None, None)
     try:
         atomic_write_text(run_dir / "record.json", json.dumps(record, indent=1, sort_keys=True, default=str))
     except OSError as exc:
@@ -430,6 +461,7 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         except (OSError, ValueError, TypeError) as exc:
             raise RecordNotStored(f"{spec.name} on {cfg.task}: record not written to the pending folder of "
                                   f"{store_file} ({exc}); it is kept in {run_dir / 'record.json'}", record) from None
+        unmark_examples(store_file, record_id)
         return record
     try:
         append_record(record, store_file)
@@ -437,6 +469,7 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         log.debug("append failed", exc_info=True)
         raise RecordNotStored(f"{spec.name} on {cfg.task}: record not stored in {store_file} ({exc}); "
                               f"it is kept in {run_dir / 'record.json'}", record) from None
+    unmark_examples(store_file, record_id)
     return record
 
 

@@ -344,7 +344,7 @@ def load_state(path: Path, map_location="cpu") -> dict:
     from .checkpoints import load_checkpoint_file
 
     return load_checkpoint_file(path, map_location, what="training state", kind="a ckmbench training state",
-                                fix="delete it or pass --refit to train from scratch")
+                                fix="delete it or pass --restart to train from scratch")
 
 
 # ------------------------------------------------------------------ the trainer
@@ -504,10 +504,10 @@ class Trainer:
             return 0, []
         state = load_state(path, map_location=self.device)
         if state.get("format") != "ckmbench-train-state-1":
-            raise CkmError(f"{path} is not a ckmbench training state: delete it or pass --refit")
+            raise CkmError(f"{path} is not a ckmbench training state: delete it or pass --restart")
         if state["fingerprint"] != self.fingerprint() or state.get("world_size", 1) != self.dist.world_size:
             raise CkmError(f"training state {path} was written with other training settings or another number "
-                           f"of processes: pass --refit to start again, or run with the settings it was made with")
+                           f"of processes: pass --restart to start again, or run with the settings it was made with")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -588,7 +588,7 @@ class Trainer:
                 if not math.isfinite(loss):
                     raise TrainingDiverged(
                         f"{self.name}: {self._bad_loss} became {loss} at step {step + 1}; the last good checkpoint "
-                        f"(step {last_saved}) is kept in {self.state_dir}: lower lr (--set lr=...) or use --refit")
+                        f"(step {last_saved}) is kept in {self.state_dir}: lower lr (--set lr=...) or use --restart")
                 step += 1
                 if notice is not None:
                     notice.step_done(self.name, step, cfg.steps)

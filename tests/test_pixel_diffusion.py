@@ -248,6 +248,8 @@ def test_a_fit_shipped_with_the_plugin_is_scored_without_training(tmp_path, reg,
 
 
 def test_a_stored_fit_that_no_longer_matches_the_code_is_one_clear_line(tmp_path, reg):
+    from ckmbench.fitcache import stamp_fit
+
     common = dict(method="cgdm", task="sr4", dataset=DATASET, profile="tiny", runs_dir=str(tmp_path / "runs"),
                   store=str(tmp_path / "s.jsonl"), progress=False, max_test=2, examples=0)
     first = run(RunConfig(**common), reg)
@@ -255,6 +257,7 @@ def test_a_stored_fit_that_no_longer_matches_the_code_is_one_clear_line(tmp_path
     state = torch.load(fit_pt, weights_only=True)
     state["net"] = {k + ".renamed": v for k, v in state["net"].items()}  # as if the code had changed
     torch.save(state, fit_pt)
+    stamp_fit(fit_pt.parent)  # an intact file of other code, not a damaged one
     again = run(RunConfig(**common), reg)
     assert again["status"] == "error" and "--refit" in again["message"] and "\n" not in again["message"]
     assert run(RunConfig(refit=True, **common), reg)["status"] == "done"

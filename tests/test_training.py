@@ -112,7 +112,7 @@ def test_time_budget_stops_cleanly_and_saves(tmp_path):
 def test_resume_refuses_a_state_written_with_other_settings(tmp_path):
     train_toy(tmp_path, 4)
     ctx = RunContext(seed=5, progress=False, fit_dir=tmp_path)
-    with pytest.raises(CkmError, match="--refit"):
+    with pytest.raises(CkmError, match="--restart"):
         Trainer(toy_model(), toy_config(4, lr=0.5), ctx, name="toy").fit(ToyData(), toy_loss())
 
 
@@ -329,7 +329,7 @@ def test_gan_ema_is_the_generators_and_settings_are_checked(tmp_path):
     with pytest.raises(CkmError, match="d_ema_decay.*generator only"):
         Trainer(toy_model(), gan_config(4), ctx, discriminator=toy_discriminator(),
                 d_cfg=TrainConfig.from_hparams({"d_ema_decay": 0.9}, "d_"))
-    with pytest.raises(CkmError, match="--refit"):  # another discriminator lr: not the same training
+    with pytest.raises(CkmError, match="--restart"):  # another discriminator lr: not the same training
         train_toy_gan(tmp_path, 4, d_lr=1e-2)
     with pytest.raises(CkmError, match="AdversarialStep"):
         Trainer(toy_model(), gan_config(4), ctx).fit(ToyData(), toy_gan_step())
