@@ -300,6 +300,16 @@ def collect_cmd(store):
     click.echo(collect(target).summary(target))
 
 
+@results.command(name="stamp")
+@click.option("--store", default=None, help="Results store (default $CKMBENCH_STORE, else your user store).")
+def stamp_cmd(store):
+    """Add the line checksum (_sum) to every line of a store written before checksums existed."""
+    from .results import check_store_writable, stamp_store
+
+    target, stamped, had = stamp_store(check_store_writable(store))
+    click.echo(f"{target}: {stamped} line(s) stamped, {had} already had a checksum")
+
+
 @cli.command()
 @click.option("--task", "-t", required=True)
 @click.option("--dataset", "-d", default=DEFAULT_DATASET, show_default=True)

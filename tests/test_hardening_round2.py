@@ -32,3 +32,75 @@ def test_unknown_torchscript_fid_weights_are_refused_before_loading(monkeypatch,
         msg = str(info.value)
         assert "\n" not in msg and sha in msg and fid_module.FID_HELPER_SHA256 in msg and "state dict" in msg
     assert loads == []
+
+
+# --- 2. Store: a checksum per line, `results stamp`, stale writer copies removed ---
+
+
+def _record(i=0, **over):
+    from ckmbench.results import RECORD_KEYS
+
+    rec = {k: None for k in RECORD_KEYS}
+    rec.update(record_id=f"r{i}", status="done", message="", method="bilinear", task="sr4", dataset="city",
+               metrics={"mse": 0.0123 + i}, metric_notes={}, cost={}, hparams={}, seed=0)
+    rec.update(over)
+    return rec
+
+
+def test_store_line_with_a_flipped_metric_digit_is_reported(tmp_path):
+    from ckmbench.results import append_record, read_records
+
+    store = tmp_path / "s.jsonl"
+    append_record(_record(0), store)
+    append_record(_record(1), store)
+    assert [r["metrics"]["mse"] for r in read_records(store)] == [0.0123, 1.0123]
+    assert all("_sum" not in r for r in read_records(store))
+    store.write_text(store.read_text().replace("1.0123", "1.0128"))
+    with pytest.raises(CkmError) as info:
+        read_records(store)
+    msg = str(info.value)
+    assert "\n" not in msg and "line 2" in msg and "fix or remove that line" in msg
+
+
+def test_store_without_sums_stays_readable_and_stamp_adds_them(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from ckmbench.cli import cli
+    from ckmbench.results import read_records
+
+    store = tmp_path / "old.jsonl"
+    old = [_record(0), _record(1, metrics={"mse": None})]
+    store.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in old))
+    assert read_records(store) == old
+    out = CliRunner().invoke(cli, ["results", "stamp", "--store", str(store)])
+    assert out.exit_code == 0, out.output
+    assert "2 line(s) stamped" in out.output
+    assert read_records(store) == old
+    assert all("_sum" in json.loads(line) for line in store.read_text().splitlines())
+    again = CliRunner().invoke(cli, ["results", "stamp", "--store", str(store)])
+    assert "0 line(s) stamped, 2 already" in again.output
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_stale_store_copies_of_dead_writers_are_removed_at_the_next_write(tmp_path):
+    import subprocess
+    import sys
+
+    from ckmbench.results import _writer_tag, append_record
+
+    store = tmp_path / "s.jsonl"
+    append_record(_record(0), store)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = _writer_tag().rsplit("-", 1)[0]
+    stale = tmp_path / f".s.jsonl.{host}-{dead.pid}.abc123xy.tmp"
+    live = tmp_path / f".s.jsonl.{_writer_tag()}.zzz999qq.tmp"  # this process: alive
+    other_host = tmp_path / f".s.jsonl.elsewhere-{dead.pid}.abc123xy.tmp"
+    unnamed = tmp_path / ".s.jsonl.abc123xy.tmp"  # older name without a pid: not provably stale
+    for path in (stale, live, other_host, unnamed):
+        path.write_bytes(store.read_bytes())
+    append_record(_record(1), store)
+    assert not stale.exists()
+    assert live.exists() and other_host.exists() and unnamed.exists()
