@@ -20,6 +20,7 @@ from .plugins import registry
 from .provenance import base_provenance, config_hash
 from .results import append_record, store_path
 from .runner import FID_TASKS, _clean, _save_examples
+from .textsafe import check_label
 
 
 def _read_prediction(path: Path, shape, gain_range, npy_unit: str) -> np.ndarray:
@@ -52,6 +53,7 @@ def evaluate_predictions(task: str, dataset: str, predictions: Path, name: str =
     """Score a folder of predictions on the test split of (task, dataset); returns the record."""
     from .metrics.evaluate import evaluate
 
+    check_label("--name", name)
     reg = registry()
     task_spec = reg.task(task)
     t = task_spec.make(**task_spec.params)

@@ -31,6 +31,7 @@ from .metrics.cost import PeakMemory
 from .plugins import Registry, registry as default_registry, require_profile
 from .provenance import base_provenance, config_hash
 from .results import append_record, atomic_write_bytes, atomic_write_text, check_store_writable, default_runs_dir
+from .textsafe import check_label
 
 log = logging.getLogger("ckmbench.run")
 
@@ -87,6 +88,8 @@ def check_hparams(spec, profile: str, overrides: dict) -> None:
         if key not in valid:
             raise CkmError(f"--set {key}: method '{spec.name}' has no hyper-parameter '{key}': "
                            f"valid ones are {', '.join(valid) or 'none'}")
+        if isinstance(value, str):  # "key=value" labels the leaderboard row
+            check_label(f"--set {key}", value)
         if key not in defaults or defaults[key] is None:
             continue
         want, got, default = _kind_of(defaults[key]), _kind_of(value), defaults[key]
@@ -184,6 +187,7 @@ def prepare(cfg: RunConfig, reg: Registry) -> Prepared:
     spec = reg.method(cfg.method)
     task_spec = reg.task(cfg.task)
     check_supported(spec, cfg.task)
+    check_label("method name", spec.name)
     check_hparams(spec, cfg.profile, cfg.hparams)
     hparams = {**require_profile(spec, cfg.profile), **cfg.hparams}
     device = resolve_device(cfg.device)

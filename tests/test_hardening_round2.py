@@ -104,3 +104,42 @@ def test_stale_store_copies_of_dead_writers_are_removed_at_the_next_write(tmp_pa
     append_record(_record(1), store)
     assert not stale.exists()
     assert live.exists() and other_host.exists() and unnamed.exists()
+
+
+# --- 3. Names and labels that would inject markdown rows are refused when recorded ---
+
+
+@pytest.mark.parametrize("bad", ["x\n| zzz | 0 |", "a|b", "tab\there", "", "x" * 101, "bell\x07"])
+def test_check_label_refuses_text_that_breaks_a_markdown_table(bad):
+    from ckmbench.textsafe import check_label
+
+    with pytest.raises(CkmError) as info:
+        check_label("--name", bad)
+    assert "\n" not in str(info.value) and "--name" in str(info.value)
+
+
+def test_check_label_accepts_ordinary_names():
+    from ckmbench.textsafe import check_label
+
+    for ok in ("oracle", "my method v2 (ddim, 50 steps)", "méthode-β", "x" * 100):
+        assert check_label("--name", ok) == ok
+
+
+def test_evaluate_refuses_a_name_that_injects_a_table_row(tmp_path):
+    from ckmbench.external import evaluate_predictions
+
+    store = tmp_path / "s.jsonl"
+    with pytest.raises(CkmError) as info:
+        evaluate_predictions(task="sr4", dataset="city-tiny", predictions=tmp_path, name="x\n| zzz | 0 |", store=store)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("--name") and "'|'" in msg
+    assert not store.exists()
+
+
+def test_string_override_that_breaks_a_row_label_is_refused():
+    from ckmbench.plugins import registry
+    from ckmbench.runner import check_hparams
+
+    with pytest.raises(CkmError, match=r"--set edge .*cannot be recorded"):
+        check_hparams(registry().method("bilinear"), "tiny", {"edge": "edge\n| x |"})
+    check_hparams(registry().method("bilinear"), "tiny", {"edge": "reflect"})
