@@ -75,6 +75,20 @@ def _kind_of(value) -> str:
     return ""
 
 
+def _bound_problem(key: str, value) -> str | None:
+    """What a value of a key with its own bounds must be (those a profile's null or sign cannot
+    tell), or None when it is fine: a gradient clip <= 0 flips or drops gradients, a diffusion
+    with fewer than 2 steps trains and then fails when it samples."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if key == "grad_clip" or key.endswith("_grad_clip"):
+        if value is not None and not (number and np.isfinite(value) and value > 0):
+            return "a number > 0 (null for no clipping; a negative clip flips gradient signs)"
+    if key in ("T", "timesteps"):
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 2):
+            return "an integer >= 2 (diffusion steps)"
+    return None
+
+
 def check_hparams(spec, profile: str, overrides: dict) -> None:
     """Refuse --set overrides the method does not know, or of the wrong type / sign, before any work.
 
@@ -90,6 +104,9 @@ def check_hparams(spec, profile: str, overrides: dict) -> None:
                            f"valid ones are {', '.join(valid) or 'none'}")
         if isinstance(value, str):  # "key=value" labels the leaderboard row
             check_label(f"--set {key}", value)
+        bound = _bound_problem(key, value)
+        if bound:
+            raise CkmError(f"--set {key}={json.dumps(value)}: '{key}' of method '{spec.name}' must be {bound}")
         if key not in defaults or defaults[key] is None:
             continue
         want, got, default = _kind_of(defaults[key]), _kind_of(value), defaults[key]

@@ -143,3 +143,32 @@ def test_string_override_that_breaks_a_row_label_is_refused():
     with pytest.raises(CkmError, match=r"--set edge .*cannot be recorded"):
         check_hparams(registry().method("bilinear"), "tiny", {"edge": "edge\n| x |"})
     check_hparams(registry().method("bilinear"), "tiny", {"edge": "reflect"})
+
+
+# --- 4. Hyper-parameters with their own bounds are refused before any work ---
+
+
+@pytest.mark.parametrize("key,value", [("grad_clip", -1), ("grad_clip", 0), ("grad_clip", True), ("T", 1), ("T", 0)])
+def test_bad_grad_clip_and_T_are_refused_up_front(key, value):
+    from ckmbench.plugins import registry
+    from ckmbench.runner import check_hparams
+
+    with pytest.raises(CkmError) as info:
+        check_hparams(registry().method("cgdm"), "tiny", {key: value})
+    assert "\n" not in str(info.value) and f"--set {key}=" in str(info.value)
+
+
+def test_sensible_grad_clip_and_T_pass():
+    from ckmbench.plugins import registry
+    from ckmbench.runner import check_hparams
+
+    check_hparams(registry().method("cgdm"), "tiny", {"grad_clip": 0.5, "T": 2})
+    check_hparams(registry().method("cgdm"), "tiny", {"grad_clip": None})
+
+
+def test_train_config_refuses_a_clip_that_flips_gradients():
+    from ckmbench.training import TrainConfig
+
+    with pytest.raises(CkmError, match=r"grad_clip=-1"):
+        TrainConfig.from_hparams({"grad_clip": -1})
+    assert TrainConfig.from_hparams({"grad_clip": None}).grad_clip is None
