@@ -51,7 +51,7 @@ def _read_prediction(path: Path, shape, gain_range, npy_unit: str) -> np.ndarray
 def evaluate_predictions(task: str, dataset: str, predictions: Path, name: str = "external", npy_unit: str = "u",
                          data_root=None, store=None, record: bool = True, seed: int = 0, fid: bool | None = None) -> dict:
     """Score a folder of predictions on the test split of (task, dataset); returns the record."""
-    from .metrics.evaluate import evaluate
+    from .metrics.evaluate import bound_predictions, evaluate
 
     check_label("--name", name)
     reg = registry()
@@ -76,7 +76,7 @@ def evaluate_predictions(task: str, dataset: str, predictions: Path, name: str =
         observations.append(obs.y)
         for k, v in reg_masks.items():
             regions.setdefault(k, []).append(v)
-    pred = torch.from_numpy(np.stack(preds))[:, None].clamp(0, 1)
+    pred, bound_notes = bound_predictions(torch.from_numpy(np.stack(preds))[:, None])
     target = torch.cat(targets)
     regions_t = {k: torch.cat(v) for k, v in regions.items()}
     use_fid = fid if fid is not None else task in FID_TASKS
@@ -89,7 +89,7 @@ def evaluate_predictions(task: str, dataset: str, predictions: Path, name: str =
         "method_distribution": "external", "method_version": "-", "task": task, "dataset": dataset,
         "dataset_hash": full.content_hash, "train_dataset": dataset, "train_dataset_hash": "",
         "profile": "external", "seed": seed, "n_test": len(test), "map_size": list(test.shape),
-        "metrics": _clean(result.summary), "metric_notes": _clean(result.notes),
+        "metrics": _clean(result.summary), "metric_notes": _clean({**result.notes, **bound_notes}),
         "cost": {"params": None, "train_s": None, "infer_s_per_map": None, "sampling_steps": None, "peak_mem_mb": None},
         "hparams": {"predictions": str(predictions)},
         "config_hash": config_hash({"external": name, "task": task, "dataset_hash": full.content_hash}),

@@ -397,8 +397,9 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
             pred, target, regions, observations = predict_all(method, prep.task, prep.test, ctx, cfg.batch_size,
                                                                      predict_deadline)
             infer_s = time.perf_counter() - t1
-        pred = pred.clamp(0, 1)
-        from .metrics.evaluate import evaluate
+        from .metrics.evaluate import bound_predictions, evaluate
+
+        pred, bound_notes = bound_predictions(pred)  # NaN/inf refused; far out of [0, 1] noted, then clamped
 
         gain_range = torch.from_numpy(prep.test.gain_range.astype(np.float32))
         result = evaluate(pred, target, gain_range, regions, metrics=prep.task.metrics,
@@ -411,7 +412,7 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
 
         apply_conventions(prep.task, result.summary, result.notes, pred, target, regions)
         record["metrics"] = _clean(result.summary)
-        record["metric_notes"] = _clean(result.notes)
+        record["metric_notes"] = _clean({**result.notes, **bound_notes})
         in_sample = (getattr(method, "in_sample", None) or {}).get(cfg.dataset)
         if in_sample:  # scored on data the method was calibrated on
             record["metric_notes"]["in_sample"] = in_sample

@@ -172,3 +172,62 @@ def test_train_config_refuses_a_clip_that_flips_gradients():
     with pytest.raises(CkmError, match=r"grad_clip=-1"):
         TrainConfig.from_hparams({"grad_clip": -1})
     assert TrainConfig.from_hparams({"grad_clip": None}).grad_clip is None
+
+
+# --- 5. Predictions: inf refused like NaN, values far outside [0, 1] noted ---
+
+
+def _constant_registry(value):
+    import types
+
+    from ckmbench.hookspecs import hookimpl
+    from ckmbench.method import Method
+    from ckmbench.plugins import load_registry
+    from ckmbench.specs import MethodSpec
+
+    class Constant(Method):
+        name = "constant"
+
+        def predict(self, obs, ctx):
+            out = torch.full((len(obs), 1, *obs.out_shape), 0.5)
+            out[:, :, 0, :4] = value  # 4 pixels of each map
+            return out
+
+    mod = types.ModuleType("constant_method")
+    mod.ckmbench_register_methods = hookimpl(
+        lambda register: register(MethodSpec(name="constant", factory=lambda p, h: Constant(p, h), tasks=("sr4",))))
+    return load_registry(extra_plugins=(mod,))
+
+
+def _run_constant(tmp_path, value):
+    from ckmbench.runner import RunConfig, run
+
+    cfg = RunConfig(method="constant", task="sr4", dataset="city-tiny", profile="tiny", store=str(tmp_path / "r.jsonl"),
+                    runs_dir=str(tmp_path / "runs"), progress=False, max_test=2, examples=0, fid=False)
+    return run(cfg, _constant_registry(value))
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_predictions_are_refused_alike(tmp_path, value):
+    rec = _run_constant(tmp_path, value)
+    assert rec["status"] == "error" and "non-finite" in rec["message"], rec["message"]
+
+
+def test_predictions_far_outside_unit_range_are_noted(tmp_path):
+    rec = _run_constant(tmp_path, 1e6)
+    assert rec["status"] == "done", rec["message"]
+    note = rec["metric_notes"]["out_of_range"]
+    assert note.startswith(f"{4 / (32 * 32):.4g} of pixels (8)") and "max 1e+06" in note
+    slight = _run_constant(tmp_path, 1.0005)  # within the tolerance: rounding noise, no note
+    assert slight["status"] == "done" and "out_of_range" not in slight["metric_notes"]
+
+
+def test_evaluate_notes_out_of_range_predictions():
+    from ckmbench.metrics.evaluate import evaluate
+
+    target = torch.full((2, 1, 16, 16), 0.5)
+    pred = target.clone()
+    pred[0, 0, 0, 0] = -0.5
+    res = evaluate(pred, target, torch.tensor([[-147.0, -47.0]] * 2), {}, metrics=["mse"])
+    assert res.notes["out_of_range"].startswith(f"{1 / 512:.4g} of pixels (1)")
+    assert res.summary["mse"] == pytest.approx(0.25 / 512)  # scored clamped to 0
