@@ -18,7 +18,7 @@ from .data.sample import normalize
 from .errors import CkmError
 from .plugins import registry
 from .provenance import base_provenance, config_hash
-from .results import append_record, store_path
+from .results import append_record, check_store_writable, store_path
 from .runner import FID_TASKS, _clean, _save_examples
 from .textsafe import check_label
 
@@ -37,6 +37,9 @@ def _read_prediction(path: Path, shape, gain_range, npy_unit: str) -> np.ndarray
                                "(8-bit gray/255 = u, or 16-bit gray/65535), not colour")
             arr = np.asarray(img.convert("I;16") if img.mode.startswith("I;16") else img.convert("L"), np.float32)
             arr = arr / (65535.0 if img.mode.startswith("I;16") else 255.0)
+    except Image.DecompressionBombError as exc:
+        raise CkmError(f"prediction {path} is too large to read safely ({exc.args[0].split('.')[0]}): "
+                       f"write the map at the task's size {tuple(shape)[0]}x{tuple(shape)[1]}") from None
     except (OSError, ValueError, UnidentifiedImageError) as exc:
         raise CkmError(f"cannot read prediction {path} ({exc}): write PNG (gray/255 = u) or NPY files") from None
     if arr.shape != tuple(shape):
@@ -54,6 +57,8 @@ def evaluate_predictions(task: str, dataset: str, predictions: Path, name: str =
     from .metrics.evaluate import bound_predictions, evaluate
 
     check_label("--name", name)
+    if record:  # before any scoring: a result must not be lost at the end
+        check_store_writable(store)
     reg = registry()
     task_spec = reg.task(task)
     t = task_spec.make(**task_spec.params)

@@ -109,11 +109,13 @@ def default_runs_dir(store: str | os.PathLike | None = None) -> Path:
     return store_path(store).parent / "runs"
 
 
-def check_store_writable(path: str | os.PathLike | None = None) -> Path:
-    """Raise CkmError unless a record (and its examples) can be written to the store: checked
-    before a run does any work, so its result is never lost at the end."""
-    target = store_path(path)
-    folder = target.parent
+def check_writable_dir(folder: str | os.PathLike, shown: str, fix: str) -> Path:
+    """The folder, created if need be, or a one-line CkmError ("<shown> is not writable
+    (<reason>): <fix>") when a file cannot be written into it: checked before work
+    whose result would otherwise be lost (or end in a traceback) at the end."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CkmError(f"{shown} is not writable (it is a file, not a folder): {fix}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check-")
@@ -124,8 +126,16 @@ def check_store_writable(path: str | os.PathLike | None = None) -> Path:
             os.close(fd)
             os.unlink(probe)
     except OSError as exc:
-        raise CkmError(f"results store {target} is not writable ({exc.strerror or exc}): "
-                       "free space or fix the folder's permissions, or pass --store PATH") from None
+        raise CkmError(f"{shown} is not writable ({exc.strerror or exc}): {fix}") from None
+    return folder
+
+
+def check_store_writable(path: str | os.PathLike | None = None) -> Path:
+    """Raise CkmError unless a record (and its examples) can be written to the store: checked
+    before a run does any work, so its result is never lost at the end."""
+    target = store_path(path)
+    check_writable_dir(target.parent, f"the folder of results store {target}",
+                       "free space or fix the folder's permissions, or pass --store PATH")
     if target.exists() and not os.access(target, os.W_OK):
         raise CkmError(f"results store {target} is read-only: make it writable or pass --store PATH")
     if target.is_dir():

@@ -231,3 +231,103 @@ def test_evaluate_notes_out_of_range_predictions():
     res = evaluate(pred, target, torch.tensor([[-147.0, -47.0]] * 2), {}, metrics=["mse"])
     assert res.notes["out_of_range"].startswith(f"{1 / 512:.4g} of pixels (1)")
     assert res.summary["mse"] == pytest.approx(0.25 / 512)  # scored clamped to 0
+
+
+# --- 6. One-line errors instead of tracebacks; writability checked before the work ---
+
+
+def _prediction_folder(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from ckmbench.data.registry import load_dataset
+
+    test = load_dataset("city-tiny").split("test")
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    for i in range(len(test)):
+        s = test[i]
+        Image.fromarray(np.round(s.u * 255).astype(np.uint8)).save(preds / f"{s.scene}_{s.tx_index}.png")
+    return preds
+
+
+def test_evaluate_on_a_decompression_bomb_is_one_line(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from ckmbench.external import evaluate_predictions
+
+    preds = _prediction_folder(tmp_path)
+    bomb = sorted(preds.iterdir())[0]
+    Image.new("L", (64, 64)).save(bomb)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1100)  # 32x32 maps read, the 64x64 one is a "bomb"
+    with pytest.raises(CkmError) as info:
+        evaluate_predictions(task="sr4", dataset="city-tiny", predictions=preds, store=tmp_path / "s.jsonl", fid=False)
+    msg = str(info.value)
+    assert "\n" not in msg and bomb.name in msg and "too large" in msg and "32x32" in msg
+
+
+def test_evaluate_checks_the_store_before_scoring(tmp_path, monkeypatch):
+    from ckmbench import external
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setattr(external, "load_dataset", lambda *a, **k: pytest.fail("scored before checking the store"))
+    with pytest.raises(CkmError, match=r"folder of results store .*a-file.* is a file"):
+        external.evaluate_predictions(task="sr4", dataset="city-tiny", predictions=tmp_path,
+                                      store=blocker / "s.jsonl", fid=False)
+
+
+@pytest.fixture
+def a_file(tmp_path):
+    path = tmp_path / "a-file"
+    path.write_text("")
+    return path
+
+
+def _cli(*args, env=None):
+    import os
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "ckmbench.cli", *args], capture_output=True, text=True,
+                          env=full_env, timeout=300)
+
+
+def _one_line_error(out, *needles):
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-1500:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ckmbench: error: "), out.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_simulate_into_an_unwritable_folder_and_a_bad_car_mask(tmp_path, a_file):
+    import numpy as np
+
+    buildings = tmp_path / "b.npy"
+    np.save(buildings, np.zeros((16, 16), bool))
+    _one_line_error(_cli("data", "simulate", "--buildings", str(buildings), "--tx", "2,2",
+                         "--out", str(a_file / "m.npy")), "--out folder", str(a_file))
+    _one_line_error(_cli("data", "simulate", "--buildings", str(buildings), "--tx", "2,2",
+                         "--out", "/proc/ckmbench-m.npy"), "--out folder /proc", "not writable")
+    cars = tmp_path / "cars.npy"
+    np.save(cars, np.zeros((3, 4, 5)))
+    out = _cli("data", "simulate", "--buildings", str(buildings), "--tx", "2,2", "--cars", str(cars),
+               "--out", str(tmp_path / "m.npy"))
+    _one_line_error(out, "car mask", "nonzero = car")
+    assert "building" not in out.stderr
+
+
+def test_unwritable_leaderboard_data_and_runs_folders_are_one_line(tmp_path, a_file):
+    from ckmbench.results import append_record
+
+    store = tmp_path / "s.jsonl"
+    append_record(_record(0, map_size=[32, 32], n_test=1, profile="tiny"), store)
+    _one_line_error(_cli("leaderboard", "--store", str(store), "--out", str(a_file / "lb")), "leaderboard folder")
+    _one_line_error(_cli("leaderboard", "--store", str(store), "--out", "/proc/ckmbench-lb"), "not writable")
+    for data in (a_file, "/proc/ckmbench-data"):
+        _one_line_error(_cli("run", "-m", "bilinear", "-t", "sr4", "-d", "city-tiny", "-p", "tiny", "--store", str(store),
+                             "--no-progress", env={"CKMBENCH_DATA": str(data)}), "$CKMBENCH_DATA", str(data))
+    _one_line_error(_cli("run", "-m", "bilinear", "-t", "sr4", "-d", "city-tiny", "-p", "tiny", "--store", str(store),
+                         "--runs-dir", str(a_file), "--no-progress"), "--runs-dir", "is a file")

@@ -33,6 +33,7 @@ import numpy as np
 from filelock import FileLock
 from platformdirs import user_cache_dir
 
+from ..results import check_writable_dir
 from .ondisk import DiskRows, RowFile, create_npy
 from .sample import MapDataset
 
@@ -159,7 +160,8 @@ def cached(name: str, config: dict, build: Callable[..., MapDataset], force: boo
     entry.
     """
     folder = entry_dir(name, config)
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    check_writable_dir(folder.parent, f"dataset cache folder {folder.parent} ($CKMBENCH_DATA)",
+                       "point $CKMBENCH_DATA at a folder you can write, or unset it")
     with FileLock(str(folder) + ".lock", timeout=3600):
         sweep_stale_temp(folder)
         if folder.exists() and not force:
