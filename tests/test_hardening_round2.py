@@ -331,3 +331,38 @@ def test_unwritable_leaderboard_data_and_runs_folders_are_one_line(tmp_path, a_f
                              "--no-progress", env={"CKMBENCH_DATA": str(data)}), "$CKMBENCH_DATA", str(data))
     _one_line_error(_cli("run", "-m", "bilinear", "-t", "sr4", "-d", "city-tiny", "-p", "tiny", "--store", str(store),
                          "--runs-dir", str(a_file), "--no-progress"), "--runs-dir", "is a file")
+
+
+# --- 7. swin_weights: a pickle is refused in the project's own words ---
+
+
+class _Payload:
+    """Unpickling this would write a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("content", ["pickle", "list", "garbage-safetensors"])
+def test_swin_weights_that_are_not_a_state_dict_are_refused_in_one_line(tmp_path, content):
+    import types
+
+    from ckmbench.latent.encoders import SwinEncoder
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / ("w.safetensors" if content == "garbage-safetensors" else "w.pth")
+    if content == "pickle":
+        torch.save({"patch_embed.proj.weight": torch.zeros(1), "x": _Payload(marker)}, path)
+    elif content == "list":
+        torch.save([torch.zeros(1)], path)
+    else:
+        path.write_bytes(b"not a safetensors file")
+    with pytest.raises(CkmError) as info:
+        SwinEncoder._load(types.SimpleNamespace(variant="swin-t"), path)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("swin_weights:") and str(path) in msg
+    assert "weights_only" not in msg and "swin_tiny_patch4_window7_224" in msg
+    assert not marker.exists()
