@@ -176,6 +176,7 @@ def _writer_tag() -> str:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this host (also used by the data cache)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -33,7 +33,7 @@ import numpy as np
 from filelock import FileLock
 from platformdirs import user_cache_dir
 
-from ..results import check_writable_dir
+from ..results import _pid_alive, check_writable_dir
 from .ondisk import DiskRows, RowFile, create_npy
 from .sample import MapDataset
 
@@ -119,16 +119,6 @@ def load_entry(folder: Path) -> MapDataset:
     if ds.compute_hash() != meta["content_hash"]:
         raise ValueError(f"content hash mismatch in {folder}")
     return ds
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def sweep_stale_temp(folder: Path) -> list[Path]:
