@@ -171,7 +171,7 @@ def run(method, task, dataset, train_dataset, profile, seed, device, data_root, 
     """Fit METHOD on TASK, score it, print the metrics and store a record."""
     from .plugins import registry
     from .report import print_record
-    from .results import check_store_writable
+    from .results import check_store_writable, check_writable_dir, default_runs_dir
     from .pending import pending_dir
     from .runner import RecordNotStored, RunConfig, check_supported, resolve_device, run as run_one
 
@@ -207,8 +207,9 @@ def run(method, task, dataset, train_dataset, profile, seed, device, data_root, 
         raise CkmError(f"none of the methods {', '.join(methods)} supports any of the tasks {', '.join(tasks)}")
     per_method = _method_sets(reg, sorted({m for m, _ in pairs}), profile, overrides)
     store_file = check_store_writable(store)  # before any work: a finished run must never lose its record
+    check_writable_dir(runs_dir or default_runs_dir(store_file), f"--runs-dir {runs_dir or default_runs_dir(store_file)}",
+                       "pass --runs-dir a folder you can write (default: <store folder>/runs)")
     from .leftovers import clean_leftovers
-    from .results import default_runs_dir
 
     removed = clean_leftovers(store_file, Path(runs_dir) if runs_dir else default_runs_dir(str(store_file)))
     if removed:
@@ -316,6 +317,16 @@ def collect_cmd(store):
     click.echo(collect(target).summary(target))
 
 
+@results.command(name="stamp")
+@click.option("--store", default=None, help="Results store (default $CKMBENCH_STORE, else your user store).")
+def stamp_cmd(store):
+    """Add the line checksum (_sum) to every line of a store written before checksums existed."""
+    from .results import check_store_writable, stamp_store
+
+    target, stamped, had = stamp_store(check_store_writable(store))
+    click.echo(f"{target}: {stamped} line(s) stamped, {had} already had a checksum")
+
+
 @cli.command()
 @click.option("--task", "-t", required=True)
 @click.option("--dataset", "-d", default=DEFAULT_DATASET, show_default=True)
@@ -352,11 +363,12 @@ def leaderboard(store, out, prune, allow_mixed, full):
     from importlib import resources
 
     from .leaderboard import build_leaderboards
-    from .results import read_records, store_path, user_dir
+    from .results import check_writable_dir, read_records, store_path, user_dir
 
     path = store_path(store)
     records = read_records(path, missing_ok=False)
     out_dir = Path(out) if out else user_dir() / "leaderboards"
+    check_writable_dir(out_dir, f"leaderboard folder {out_dir}", "pass --out a folder you can write")
     reported = Path(str(resources.files("ckmbench") / "reference" / "reported.csv"))
     written = build_leaderboards(records, out_dir, path.parent, reported, prune=prune, allow_mixed=allow_mixed,
                                  incremental=not full)
@@ -552,6 +564,11 @@ def main(argv=None):
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except OSError as exc:  # a path the checks above missed: still one line, naming the file
+        where = f" {exc.filename}" if exc.filename else ""
+        click.echo(f"ckmbench: error: cannot use{where} ({exc.strerror or exc}): check the path, its permissions "
+                   "and free space", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

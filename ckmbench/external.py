@@ -19,8 +19,9 @@ from .data.sample import normalize
 from .errors import CkmError
 from .plugins import registry
 from .provenance import base_provenance, config_hash
-from .results import append_record, store_path
+from .results import append_record, check_store_writable, store_path
 from .runner import FID_TASKS, _clean, _save_examples
+from .textsafe import check_label
 
 
 GRAY_FIX = "write gray PNG files (8-bit gray/255 = u, or 16-bit gray/65535)"
@@ -59,6 +60,9 @@ def _read_prediction(path: Path, shape, gain_range, npy_unit: str) -> np.ndarray
         else:
             img = Image.open(path)
             arr = _gray_pixels(img, path)
+    except Image.DecompressionBombError as exc:
+        raise CkmError(f"prediction {path} is too large to read safely ({exc.args[0].split('.')[0]}): "
+                       f"write the map at the task's size {tuple(shape)[0]}x{tuple(shape)[1]}") from None
     except (OSError, ValueError, UnidentifiedImageError) as exc:
         raise CkmError(f"cannot read prediction {path} ({exc}): write PNG (gray/255 = u) or NPY files") from None
     if arr.shape != tuple(shape):
@@ -73,8 +77,11 @@ def _read_prediction(path: Path, shape, gain_range, npy_unit: str) -> np.ndarray
 def evaluate_predictions(task: str, dataset: str, predictions: Path, name: str = "external", npy_unit: str = "u",
                          data_root=None, store=None, record: bool = True, seed: int = 0, fid: bool | None = None) -> dict:
     """Score a folder of predictions on the test split of (task, dataset); returns the record."""
-    from .metrics.evaluate import evaluate
+    from .metrics.evaluate import bound_predictions, evaluate
 
+    check_label("--name", name)
+    if record:  # before any scoring: a result must not be lost at the end
+        check_store_writable(store)
     reg = registry()
     task_spec = reg.task(task)
     t = task_spec.make(**task_spec.params)
@@ -97,7 +104,7 @@ def evaluate_predictions(task: str, dataset: str, predictions: Path, name: str =
         observations.append(obs.y)
         for k, v in reg_masks.items():
             regions.setdefault(k, []).append(v)
-    pred = torch.from_numpy(np.stack(preds))[:, None].clamp(0, 1)
+    pred, bound_notes = bound_predictions(torch.from_numpy(np.stack(preds))[:, None])
     target = torch.cat(targets)
     regions_t = {k: torch.cat(v) for k, v in regions.items()}
     use_fid = fid if fid is not None else task in FID_TASKS
@@ -110,7 +117,7 @@ def evaluate_predictions(task: str, dataset: str, predictions: Path, name: str =
         "method_distribution": "external", "method_version": "-", "task": task, "dataset": dataset,
         "dataset_hash": full.content_hash, "train_dataset": dataset, "train_dataset_hash": "",
         "profile": "external", "seed": seed, "n_test": len(test), "map_size": list(test.shape),
-        "metrics": _clean(result.summary), "metric_notes": _clean(result.notes),
+        "metrics": _clean(result.summary), "metric_notes": _clean({**result.notes, **bound_notes}),
         "cost": {"params": None, "train_s": None, "infer_s_per_map": None, "sampling_steps": None, "peak_mem_mb": None},
         "hparams": {"predictions": str(predictions)},
         "config_hash": config_hash({"external": name, "task": task, "dataset_hash": full.content_hash}),

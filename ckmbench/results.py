@@ -47,6 +47,12 @@ it is; a run with overrides is its own leaderboard row, "method with key=value")
 record, {count, group, records} on the record merged from them; docs/scale.md), ... A non-finite number anywhere in a record (NaN metric or
 hyper-parameter) is stored as null, and metric_notes["nonfinite"] names where it was.
 
+Each line also carries ``_sum``: the first 12 hex digits of the sha256 of the line's record
+without ``_sum``, as canonical JSON (keys sorted, no spaces). A line whose sum does not match
+(a flipped digit in a metric) is refused as a corrupt line is; lines without ``_sum`` (stores
+written before it existed) are read as they are, and ``ckmbench results stamp`` adds the sums.
+``read_records`` returns records without ``_sum``.
+
 Where the store is: ``--store``, else $CKMBENCH_STORE, else the user store
 (``<user data dir>/ckmbench/results/records.jsonl``), never the project's committed
 results/records.jsonl unless it is named explicitly. Run folders go beside the store
@@ -55,9 +61,13 @@ results/records.jsonl unless it is named explicitly. Run folders go beside the s
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import math
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 
@@ -99,11 +109,13 @@ def default_runs_dir(store: str | os.PathLike | None = None) -> Path:
     return store_path(store).parent / "runs"
 
 
-def check_store_writable(path: str | os.PathLike | None = None) -> Path:
-    """Raise CkmError unless a record (and its examples) can be written to the store: checked
-    before a run does any work, so its result is never lost at the end."""
-    target = store_path(path)
-    folder = target.parent
+def check_writable_dir(folder: str | os.PathLike, shown: str, fix: str) -> Path:
+    """The folder, created if need be, or a one-line CkmError ("<shown> is not writable
+    (<reason>): <fix>") when a file cannot be written into it: checked before work
+    whose result would otherwise be lost (or end in a traceback) at the end."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CkmError(f"{shown} is not writable (it is a file, not a folder): {fix}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check-")
@@ -114,8 +126,16 @@ def check_store_writable(path: str | os.PathLike | None = None) -> Path:
             os.close(fd)
             os.unlink(probe)
     except OSError as exc:
-        raise CkmError(f"results store {target} is not writable ({exc.strerror or exc}): "
-                       "free space or fix the folder's permissions, or pass --store PATH") from None
+        raise CkmError(f"{shown} is not writable ({exc.strerror or exc}): {fix}") from None
+    return folder
+
+
+def check_store_writable(path: str | os.PathLike | None = None) -> Path:
+    """Raise CkmError unless a record (and its examples) can be written to the store: checked
+    before a run does any work, so its result is never lost at the end."""
+    target = store_path(path)
+    check_writable_dir(target.parent, f"the folder of results store {target}",
+                       "free space or fix the folder's permissions, or pass --store PATH")
     if target.exists() and not os.access(target, os.W_OK):
         raise CkmError(f"results store {target} is read-only: make it writable or pass --store PATH")
     if target.is_dir():
@@ -148,10 +168,44 @@ def finite_record(record: dict) -> dict:
     return clean
 
 
+def _writer_tag() -> str:
+    """``<host>-<pid>`` of this process, put in temporary file names so that a leftover of a
+    killed writer can be told from a live writer's file (:func:`remove_stale_tmps`)."""
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+    return f"{host}-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this host (also used by the data cache)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_tmps(path: Path) -> list[Path]:
+    """Remove the temporary full copies of ``path`` left by writers killed mid-write: only
+    files named by :func:`atomic_write_bytes` on this host whose writer pid is dead (a live
+    writer's file, another host's, or an older unnamed one is kept). Returns those removed."""
+    host = _writer_tag().rsplit("-", 1)[0]
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)\.[^.]+\.tmp$")
+    removed = []
+    for stray in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        m = pattern.match(stray.name)
+        if m and m["host"] == host and not _pid_alive(int(m["pid"])):
+            stray.unlink(missing_ok=True)
+            removed.append(stray)
+    return removed
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (never half-written)."""
+    """Write ``data`` to ``path`` through a temporary file and a rename (never half-written).
+    The temporary name holds the writer's host and pid (``.<name>.<host>-<pid>.<random>.tmp``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_writer_tag()}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as fh:
@@ -182,6 +236,7 @@ def append_record(record: dict, path: str | os.PathLike | None = None) -> Path:
     target = store_path(path)
     line = record_line(record)
     with _lock(target):
+        remove_stale_tmps(target)
         old = target.read_bytes() if target.exists() else b""
         if old and not old.endswith(b"\n"):
             old += b"\n"
@@ -189,9 +244,23 @@ def append_record(record: dict, path: str | os.PathLike | None = None) -> Path:
     return target
 
 
+SUM_KEY = "_sum"
+
+
+def line_sum(record: dict) -> str:
+    """The store line checksum: 12 hex of sha256 over the record without ``_sum`` as canonical
+    JSON. Catches an edited or flipped value that still parses (a changed metric digit)."""
+    body = {k: v for k, v in record.items() if k != SUM_KEY}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False, default=_json_default)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+
+
 def record_line(record: dict) -> str:
-    """One record as its store line (non-finite numbers as null, keys sorted)."""
-    return json.dumps(finite_record(record), sort_keys=True, allow_nan=False, default=_json_default) + "\n"
+    """One record as its store line (non-finite numbers as null, keys sorted, ``_sum`` added)."""
+    clean = json.loads(json.dumps(finite_record(record), allow_nan=False, default=_json_default))
+    clean.pop(SUM_KEY, None)
+    clean[SUM_KEY] = line_sum(clean)
+    return json.dumps(clean, sort_keys=True, allow_nan=False) + "\n"
 
 
 def _json_default(value):
@@ -221,28 +290,60 @@ def read_records(path: str | os.PathLike | None = None, missing_ok: bool = True)
         raise CkmError(f"results store {target} is a folder: pass --store pointing at the .jsonl file")
     records = []
     for lineno, raw in enumerate(target.read_bytes().splitlines(), 1):
-        where = f"results store {target} line {lineno}"
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise CkmError(f"{where} is not UTF-8 (byte {exc.start + 1}): fix or remove that line") from None
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CkmError(f"{where} is not valid JSON ({exc.msg}): fix or remove that line") from None
-        if not isinstance(record, dict):
-            raise CkmError(f"{where} is a JSON {type(record).__name__}, not a record object: fix or remove that line")
-        for group in ("metrics", "cost"):
-            values = record.get(group)
-            if values is None:
-                continue
-            if not isinstance(values, dict):
-                raise CkmError(f"{where}: '{group}' is {values!r}, not an object: fix or remove that line")
-            for name, value in values.items():
-                if not _number_or_null(value):
-                    raise CkmError(f"{where}: {group} '{name}' is {value!r}, not a number or null: "
-                                   "fix or remove that line")
-        records.append(record)
+        record = _parse_line(raw, f"results store {target} line {lineno}")
+        if record is not None:
+            record.pop(SUM_KEY, None)
+            records.append(record)
     return records
+
+
+def _parse_line(raw: bytes, where: str) -> dict | None:
+    """One store line as a record (with its ``_sum``, checked when present), None when blank;
+    a corrupt line is a one-line CkmError naming it."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CkmError(f"{where} is not UTF-8 (byte {exc.start + 1}): fix or remove that line") from None
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise CkmError(f"{where} is not valid JSON ({exc.msg}): fix or remove that line") from None
+    if not isinstance(record, dict):
+        raise CkmError(f"{where} is a JSON {type(record).__name__}, not a record object: fix or remove that line")
+    if SUM_KEY in record and record[SUM_KEY] != line_sum(record):
+        raise CkmError(f"{where} does not match its checksum ({SUM_KEY} {record[SUM_KEY]!r}, content "
+                       f"{line_sum(record)}): the line was altered; fix or remove that line")
+    for group in ("metrics", "cost"):
+        values = record.get(group)
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise CkmError(f"{where}: '{group}' is {values!r}, not an object: fix or remove that line")
+        for name, value in values.items():
+            if not _number_or_null(value):
+                raise CkmError(f"{where}: {group} '{name}' is {value!r}, not a number or null: "
+                               "fix or remove that line")
+    return record
+
+
+def stamp_store(path: str | os.PathLike | None = None) -> tuple[Path, int, int]:
+    """Rewrite the store (atomically, under its lock) with a ``_sum`` on every line; every line
+    is checked first, so a corrupt one stops it. Returns (store, lines stamped, lines already
+    stamped)."""
+    target = store_path(path)
+    read_records(target, missing_ok=False)  # the usual errors for a missing store or a folder
+    with _lock(target):
+        remove_stale_tmps(target)
+        lines, stamped, had = [], 0, 0
+        for lineno, raw in enumerate(target.read_bytes().splitlines(), 1):
+            record = _parse_line(raw, f"results store {target} line {lineno}")
+            if record is None:
+                continue
+            had += SUM_KEY in record
+            stamped += SUM_KEY not in record
+            lines.append(record_line(record))
+        if stamped:
+            atomic_write_text(target, "".join(lines))
+    return target, stamped, had

@@ -32,6 +32,7 @@ from .metrics.cost import PeakMemory
 from .plugins import Registry, _short_error, _SigintWatch, registry as default_registry, require_profile
 from .provenance import base_provenance, config_hash
 from .results import append_record, atomic_write_bytes, atomic_write_text, check_store_writable, default_runs_dir
+from .textsafe import check_label
 
 log = logging.getLogger("ckmbench.run")
 
@@ -75,6 +76,20 @@ def _kind_of(value) -> str:
     return ""
 
 
+def _bound_problem(key: str, value) -> str | None:
+    """What a value of a key with its own bounds must be (those a profile's null or sign cannot
+    tell), or None when it is fine: a gradient clip <= 0 flips or drops gradients, a diffusion
+    with fewer than 2 steps trains and then fails when it samples."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if key == "grad_clip" or key.endswith("_grad_clip"):
+        if value is not None and not (number and np.isfinite(value) and value > 0):
+            return "a number > 0 (null for no clipping; a negative clip flips gradient signs)"
+    if key in ("T", "timesteps"):
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 2):
+            return "an integer >= 2 (diffusion steps)"
+    return None
+
+
 def check_hparams(spec, profile: str, overrides: dict) -> None:
     """Refuse --set overrides the method does not know, or of the wrong type / sign, before any work.
 
@@ -88,6 +103,11 @@ def check_hparams(spec, profile: str, overrides: dict) -> None:
         if key not in valid:
             raise CkmError(f"--set {key}: method '{spec.name}' has no hyper-parameter '{key}': "
                            f"valid ones are {', '.join(valid) or 'none'}")
+        if isinstance(value, str):  # "key=value" labels the leaderboard row
+            check_label(f"--set {key}", value)
+        bound = _bound_problem(key, value)
+        if bound:
+            raise CkmError(f"--set {key}={json.dumps(value)}: '{key}' of method '{spec.name}' must be {bound}")
         if key not in defaults or defaults[key] is None:
             continue
         want, got, default = _kind_of(defaults[key]), _kind_of(value), defaults[key]
@@ -188,6 +208,7 @@ def prepare(cfg: RunConfig, reg: Registry) -> Prepared:
     spec = reg.method(cfg.method)
     task_spec = reg.task(cfg.task)
     check_supported(spec, cfg.task)
+    check_label("method name", spec.name)
     check_hparams(spec, cfg.profile, cfg.hparams)
     hparams = {**require_profile(spec, cfg.profile), **cfg.hparams}
     device = resolve_device(cfg.device)
@@ -396,8 +417,9 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
                                                                      predict_deadline)
             infer_s = time.perf_counter() - t1
         stage = "scoring"
-        pred = pred.clamp(0, 1)
-        from .metrics.evaluate import evaluate
+        from .metrics.evaluate import bound_predictions, evaluate
+
+        pred, bound_notes = bound_predictions(pred)  # NaN/inf refused; far out of [0, 1] noted, then clamped
 
         gain_range = torch.from_numpy(prep.test.gain_range.astype(np.float32))
         result = evaluate(pred, target, gain_range, regions, metrics=prep.task.metrics,
@@ -410,7 +432,7 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
 
         apply_conventions(prep.task, result.summary, result.notes, pred, target, regions)
         record["metrics"] = _clean(result.summary)
-        record["metric_notes"] = _clean(result.notes)
+        record["metric_notes"] = _clean({**result.notes, **bound_notes})
         in_sample = (getattr(method, "in_sample", None) or {}).get(cfg.dataset)
         if in_sample:  # scored on data the method was calibrated on
             record["metric_notes"]["in_sample"] = in_sample

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CkmError
-from .results import atomic_write_bytes
+from .results import atomic_write_bytes, check_writable_dir
 
 GAIN_RANGE = (-147.0, -47.0)
 MIN_SIDE = 8  # pixels: below that there is no layout to simulate
@@ -53,9 +53,10 @@ def simulate_layout_file(buildings_path: Path, tx: str, out: Path, pixel_m: floa
         raise CkmError(f"--pixel-m {pixel_m} must be positive")
     if not (np.isfinite(pixel_m) and np.isfinite(tx_height) and np.isfinite(frequency_ghz)):
         raise CkmError("--pixel-m, --tx-height and --frequency-ghz must be finite numbers")
+    check_writable_dir(out.parent, f"--out folder {out.parent}", "pass --out in a folder you can write")
     buildings = load_building_mask(buildings_path)
     check_layout_size(buildings.shape, buildings_path)
-    cars = load_building_mask(cars_path, size=buildings.shape) if cars_path else None
+    cars = load_building_mask(cars_path, size=buildings.shape, what="car mask") if cars_path else None
     txt = parse_tx(tx, buildings.shape, buildings, tx_height)
     scene = Scene(buildings=buildings, tx=txt, pixel_m=pixel_m, cars=cars, frequency_hz=frequency_ghz * 1e9,
                   scene_id=buildings_path.stem)

@@ -107,6 +107,8 @@ class TrainConfig:
             bad.append(f"lr_schedule={self.lr_schedule!r} (constant, linear, cosine or step)")
         if self.optimizer not in ("adam", "adamw", "sgd"):
             bad.append(f"optimizer={self.optimizer!r} (adam, adamw or sgd)")
+        if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float)) and 0 < self.grad_clip < math.inf):
+            bad.append(f"grad_clip={self.grad_clip!r} (a number > 0, or null for no clipping)")
         if self.grad_clip_mode not in ("norm", "value", "adjustable", "adjustable-norm"):
             bad.append(f"grad_clip_mode={self.grad_clip_mode!r} (norm, value, adjustable or adjustable-norm)")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:

@@ -7,6 +7,7 @@ from click.testing import CliRunner
 
 from ckmbench.cards import card_markdown, write_shipped_cards
 from ckmbench.cli import cli
+from ckmbench.fitcache import stamp_fit
 from ckmbench.fitlist import fit_folders
 
 KEY = "0123456789abcdef"
@@ -22,6 +23,7 @@ def make_fit(root, method="cgdm", key=KEY, complete=True, steps=(12, 12)):
             "steps_planned": steps[1], "train_s": 125.0, "fit_wall_s": 130.0, "complete": complete,
             "final_loss": 0.25}
     (folder / "fit.json").write_text(json.dumps(meta))
+    stamp_fit(folder)  # a stored fit carries its checksum (an unstamped cached fit counts as unfinished)
     return folder
 
 

@@ -33,6 +33,7 @@ import numpy as np
 from filelock import FileLock
 from platformdirs import user_cache_dir
 
+from ..results import _pid_alive, check_writable_dir
 from .ondisk import DiskRows, RowFile, create_npy
 from .sample import MapDataset
 
@@ -120,16 +121,6 @@ def load_entry(folder: Path) -> MapDataset:
     return ds
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_stale_temp(folder: Path) -> list[Path]:
     """Remove the temporary build folders of ``folder`` whose owner process is dead (a killed
     build); called under the entry's lock, so no live build of this entry owns them."""
@@ -159,7 +150,8 @@ def cached(name: str, config: dict, build: Callable[..., MapDataset], force: boo
     entry.
     """
     folder = entry_dir(name, config)
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    check_writable_dir(folder.parent, f"dataset cache folder {folder.parent} ($CKMBENCH_DATA)",
+                       "point $CKMBENCH_DATA at a folder you can write, or unset it")
     with FileLock(str(folder) + ".lock", timeout=3600):
         sweep_stale_temp(folder)
         if folder.exists() and not force:

@@ -88,24 +88,25 @@ def check_size(arr: np.ndarray, size, path, what: str) -> None:
         )
 
 
-def load_building_mask(path: str | os.PathLike, size=None) -> np.ndarray:
-    """A user's building mask as (H, W) bool; nonzero = building.
+def load_building_mask(path: str | os.PathLike, size=None, what: str = "building mask") -> np.ndarray:
+    """A user's building mask as (H, W) bool; nonzero = building (``what`` names the mask in
+    errors: "car mask" for the cars layer).
 
     PNG may be gray, 16-bit, RGB or RGBA (a pixel is a building when any colour channel is
     nonzero and it is not fully transparent); NPY must be 2-D (or (H, W, 1)). ``size`` (int or
     (H, W)) is the expected size: a mismatch is an error, never a silent resize.
     """
     path = Path(path)
-    what = "building mask"
+    thing = what.split()[0]  # "building", "car"
     suffix = path.suffix.lower()
     if suffix == ".npy":
         arr = read_npy(path, what)
         if arr.ndim == 3 and arr.shape[2] == 1:
             arr = arr[..., 0]
         if arr.ndim != 2:
-            raise CkmError(f"{what}: {path} has shape {arr.shape}: expected an (H, W) array, nonzero = building")
+            raise CkmError(f"{what}: {path} has shape {arr.shape}: expected an (H, W) array, nonzero = {thing}")
         if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-            raise CkmError(f"{what}: {path} has dtype {arr.dtype}: expected numbers or booleans, nonzero = building")
+            raise CkmError(f"{what}: {path} has dtype {arr.dtype}: expected numbers or booleans, nonzero = {thing}")
         mask = np.asarray(arr != 0)
     elif suffix == ".png":
         arr = read_png(path, what)
@@ -120,6 +121,6 @@ def load_building_mask(path: str | os.PathLike, size=None) -> np.ndarray:
         else:
             raise CkmError(f"{what}: {path} has shape {arr.shape}: expected a gray, RGB or RGBA PNG")
     else:
-        raise CkmError(f"{what}: {path} has suffix '{path.suffix}': give a .png or .npy file (nonzero = building)")
+        raise CkmError(f"{what}: {path} has suffix '{path.suffix}': give a .png or .npy file (nonzero = {thing})")
     check_size(mask, size, path, what)
     return np.ascontiguousarray(mask, dtype=bool)

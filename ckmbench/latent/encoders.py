@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..checkpoints import load_checkpoint_file
 from ..errors import CkmError
 
 SWIN_MODELS = {"swin-b": "swin_base_patch4_window7_224", "swin-t": "swin_tiny_patch4_window7_224"}
@@ -90,13 +91,19 @@ class SwinEncoder(nn.Module):
         if not path.is_file():
             raise CkmError(f"swin_weights: {path} is not a file: give a local ImageNet {self.variant} checkpoint "
                            f"(nothing is downloaded) or leave swin_weights unset to train from scratch")
+        kind, fix = f"an ImageNet {self.variant} checkpoint", f"give timm's {SWIN_MODELS[self.variant]} weights as a state dict"
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                state = load_file(str(path))
+            except Exception as exc:
+                raise CkmError(f"swin_weights: {path} is not {kind} (not a safetensors file: {type(exc).__name__}): {fix}") from None
+        else:  # the project's loader: weights_only, one line when the file holds other objects
+            state = load_checkpoint_file(path, "cpu", what="swin_weights:", kind=kind, fix=fix)
             state = state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else state
+        if not isinstance(state, dict):
+            raise CkmError(f"swin_weights: {path} is not {kind} (a {type(state).__name__}, not a state dict): {fix}")
         state = {k: v for k, v in state.items() if not k.startswith("head")}
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         missing = [k for k in missing if "relative_position_index" not in k and "attn_mask" not in k]

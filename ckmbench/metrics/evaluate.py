@@ -40,14 +40,34 @@ def _as_maps(x, what: str) -> torch.Tensor:
     return t
 
 
+# Predictions this far outside [0, 1] are noted in the record (rounding noise is not).
+OUT_OF_RANGE_TOL = 1e-3
+
+
+def bound_predictions(preds: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Predictions clamped to [0, 1] and the notes that say so: a NaN or inf anywhere is a
+    CkmError (+inf must not become a perfect 1), and when values lie outside [0, 1] by more
+    than ``OUT_OF_RANGE_TOL`` the share of such pixels is noted as ``out_of_range``."""
+    bad = 0 if torch.isfinite(preds.sum()) else int((~torch.isfinite(preds)).sum())  # one pass when all is well
+    if bad:
+        raise CkmError(f"evaluate: predictions contain {bad} non-finite value(s) (NaN/inf): the method diverged; "
+                       "fix it before scoring")
+    notes = {}
+    outside = (preds < -OUT_OF_RANGE_TOL) | (preds > 1 + OUT_OF_RANGE_TOL)
+    count = int(outside.sum())
+    if count:
+        notes["out_of_range"] = (f"{count / preds.numel():.4g} of pixels ({count}) outside [0, 1] by more than "
+                                 f"{OUT_OF_RANGE_TOL:g} (min {float(preds.min()):.4g}, max {float(preds.max()):.4g}), "
+                                 "clamped before scoring")
+    return preds.clamp(0, 1), notes
+
+
 def _validate(preds, targets, gain_range, regions):
     preds = _as_maps(preds, "preds")
     targets = _as_maps(targets, "targets").to(preds.device)
     if preds.shape != targets.shape:
         raise CkmError(f"evaluate: preds {tuple(preds.shape)} and targets {tuple(targets.shape)} differ: predict maps of the targets' size")
-    bad = 0 if torch.isfinite(preds.sum()) else int((~torch.isfinite(preds)).sum())  # one pass when all is well
-    if bad:
-        raise CkmError(f"evaluate: predictions contain {bad} non-finite values: the method diverged; fix it before scoring")
+    preds, bound_notes = bound_predictions(preds)
     gr = torch.as_tensor(gain_range, dtype=torch.float64).to(preds.device)
     if gr.shape != (preds.shape[0], 2):
         raise CkmError(f"evaluate: gain_range has shape {tuple(gr.shape)}, expected ({preds.shape[0]}, 2): pass (g_min, g_max) dB per map")
@@ -57,7 +77,7 @@ def _validate(preds, targets, gain_range, regions):
         if tuple(m.shape) != tuple(preds.shape):
             raise CkmError(f"evaluate: region '{name}' has shape {tuple(m.shape)}, expected {tuple(preds.shape)}: pass a (N,1,H,W) bool mask")
         masks[name] = m.to(device=preds.device, dtype=torch.bool)
-    return preds.clamp(0, 1), targets, gr, masks
+    return preds, targets, gr, masks, bound_notes
 
 
 def _select(reg, metrics) -> dict[str, object]:
@@ -229,11 +249,11 @@ def evaluate(preds, targets, gain_range, regions=None, metrics=None, fid: bool =
 
         registry = process_registry()
     with serial_torch_ops():  # many small ops: threads would only synchronise (slices are scored in parallel instead)
-        preds, targets, gr, masks = _validate(preds, targets, gain_range, regions)
+        preds, targets, gr, masks, bound_notes = _validate(preds, targets, gain_range, regions)
     n = int(preds.shape[0])
     specs = _select(registry, metrics)
     per_sample_specs = {k: s for k, s in specs.items() if s.kind == "per_sample"}
-    notes: dict = {}
+    notes: dict = dict(bound_notes)
     variants: list[tuple[str, torch.Tensor | None]] = [("", None)] + [(f"@{k}", m) for k, m in masks.items()]
 
     failed: set[str] = set()

