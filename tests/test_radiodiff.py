@@ -276,7 +276,8 @@ def test_paper_unet_has_the_codes_structure():
     for lv in levels:
         rel = lv.relation
         assert rel.queries == "context" and rel.scale == 1.0 and rel.heads == 8
-        assert isinstance(rel.in_x[1], torch.nn.BatchNorm2d) and rel.in_x[1].momentum == 0.03 and rel.in_x[1].eps == 1e-3
+        for proj in (rel.in_x, rel.in_context):
+            assert isinstance(proj[1], torch.nn.BatchNorm2d) and proj[1].momentum == 0.03 and proj[1].eps == 1e-3
         assert [m.p for m in rel.mlp if isinstance(m, torch.nn.Dropout)] == [0.1, 0.1]
     assert [lv.relation.window for lv in unet.encoder] == [8, 4, 2, 1]
     assert [lv.relation.window for lv in unet.decoders[1].levels] == [1, 2, 4, 8]
