@@ -1,6 +1,7 @@
 """RadioDiff at the tiny profile (shapes per task, seeded determinism, resume, a falling loss,
 the AFT switch, a run through the CLI), its parts (cross-attention, AFT, preconditioning, the
-code's sampler) and its paper-profile parameter count."""
+code's sampler), the code's U-Net of revision 2 (two decoders, WS-conv blocks, linear attention,
+Fourier time features), posterior-sampled latents, raw weights, and its paper-profile parameter count."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ from ckmbench.errors import CkmError
 from ckmbench.latent import DecoupledDiffusion
 from ckmbench.latent.attention import AdaptiveFourierFilter, CrossAttention, CrossAttnUNet, sine_positions
 from ckmbench.latent.autoencoder import build_autoencoder, vae_hparams
+from ckmbench.latent.radiodiff_blocks import Attention, FourierTimeEmbedding, LinearAttention, ResnetBlock, WSConv2d
+from ckmbench.latent.radiodiff_unet import RadioDiffUNet
 from ckmbench.method import RunContext, TaskData
-from ckmbench_plugins.latent.radiodiff import RADIODIFF_PAPER, RADIODIFF_TINY, RadioDiff, precondition
+from ckmbench.training import TrainConfig
+from ckmbench_plugins.latent.radiodiff import RADIODIFF_PAPER, RADIODIFF_SMALL, RADIODIFF_TINY, RadioDiff, precondition
 from train_helpers import check_sampled_predictions, fit_on, cache_fitter, crash_then_resume, fixed_batch_losses, one_thread, reg  # noqa: F401
 
 DATASETS = {"envgen-static": "city-tiny", "envgen-dynamic": "city-tiny-cars"}
@@ -66,6 +70,7 @@ def test_fit_predict_shapes_prompt_and_seeded_determinism(reg, datasets, tmp_pat
     method, task, ctx = fit_radiodiff(reg, datasets, task_name, tmp_path / "a")
     fit = ctx.extras["fit"]
     assert fit["steps_done"] == RADIODIFF_TINY["steps"] and fit["aft"] is True and fit["loss"] == "l2"
+    assert fit["backbone"] == "radiodiff-code" and fit["latent_sample"] is True and fit["weights"] == "raw"
     assert fit["prompt"] == (["buildings", "tx_map", "buildings"] if task_name == "envgen-static"
                              else ["buildings", "cars", "tx_map"])
     assert fit["encoder"] == "conv [8, 16], from scratch" and fit["clip_x0"] > 0
@@ -94,7 +99,9 @@ def test_resume_after_a_crash_equals_an_uninterrupted_fit(reg, datasets, tmp_pat
 
 
 def test_loss_falls_on_a_fixed_batch(reg, datasets):
-    method = bare_method(dict(RADIODIFF_TINY))
+    # the posterior mean: an untrained autoencoder's posterior has std ~1, which would make z0 mostly
+    # noise (a trained one's is tiny); the posterior draw has its own test below
+    method = bare_method(dict(RADIODIFF_TINY, latent_sample=False))
     batch = TaskData(datasets["city-tiny"].split("train"), task_of(reg, "envgen-static"), 0).batch_at(range(8))
     start, end = fixed_batch_losses(lambda: method.loss(method.net, batch, torch.Generator().manual_seed(0)),
                                     method.net.parameters(), lr=3e-3)
@@ -103,9 +110,9 @@ def test_loss_falls_on_a_fixed_batch(reg, datasets):
 
 def test_aft_switch_changes_parameters_and_output():
     on, off = bare_method(dict(RADIODIFF_TINY)), bare_method(dict(RADIODIFF_TINY, aft=False))
-    aft = on.net.unet.aft
-    assert isinstance(aft, AdaptiveFourierFilter) and off.net.unet.aft is None
-    assert on.num_parameters() - off.num_parameters() == sum(p.numel() for p in aft.parameters())
+    afts = on.net.unet.afts
+    assert len(afts) == 2 and all(isinstance(a, AdaptiveFourierFilter) for a in afts) and off.net.unet.afts is None
+    assert on.num_parameters() - off.num_parameters() == sum(p.numel() for p in afts.parameters())
     z, t, prompt = torch.randn(2, 3, 16, 16), torch.full((2,), 0.5), torch.rand(2, 3, 32, 32)
     assert not torch.allclose(on.net(z, t, prompt)[0], off.net(z, t, prompt)[0])
 
@@ -226,16 +233,147 @@ def test_aft_on_larger_maps_is_the_same_circular_kernel():
 
 def test_paper_profile_parameter_count_matches_s3():
     """S3 Table III counts RadioDiff as 257.8 M: the U-Net with its Swin-B encoder 224.9 M (Swin-B
-    87.8 M with its classifier) + the VAE decoder 33.0 M. Within 15 %, and the AFT is at 8 x 8."""
+    87.8 M with its classifier) + the VAE decoder 33.0 M. Within 5 % each, the AFTs at 8 x 8."""
     method = RadioDiff("paper", dict(RADIODIFF_PAPER))
     with torch.device("meta"):
         method.ae = build_autoencoder(vae_hparams(RADIODIFF_PAPER), 0)
         method.arch = method.architecture("envgen-static", 256, method.ae.downsample, 3)
         method.net = method.build(method.arch)
-    assert method.arch["unet"]["xattn_windows"] == [8, 4, 2, 1] and method.net.unet.aft.size == (8, 8)
-    swin = sum(p.numel() for p in method.net.encoder.parameters()) + 1024 * 1000 + 1000
-    unet_and_swin, total = method.num_parameters() + 1024 * 1000 + 1000, method.inference_parameters() + 1025 * 1000
+    unet = method.net.unet
+    assert method.arch["unet"]["windows"] == [8, 4, 2, 1] and [a.size for a in unet.afts] == [(8, 8), (8, 8)]
+    head = 1024 * 1000 + 1000  # Swin-B's ImageNet classifier, which S3 counts
+    swin = sum(p.numel() for p in method.net.encoder.parameters()) + head
+    unet_and_swin, total = method.num_parameters() + head, method.inference_parameters() + head
     assert abs(swin - 87.8e6) / 87.8e6 < 0.02
-    assert abs(unet_and_swin - 224.9e6) / 224.9e6 < 0.15
-    assert abs(total - 257.8e6) / 257.8e6 < 0.15
+    assert abs(sum(p.numel() for p in unet.parameters()) - 137.1e6) / 137.1e6 < 0.05
+    assert abs(unet_and_swin - 224.9e6) / 224.9e6 < 0.05
+    assert abs(total - 257.8e6) / 257.8e6 < 0.05
     assert method.sampling_steps() == 6
+
+
+# ------------------------------------------------------------------ the code's U-Net (revision 2)
+def paper_unet_on_meta() -> RadioDiffUNet:
+    arch = RadioDiff("paper", dict(RADIODIFF_PAPER)).architecture("envgen-static", 256, 4, 3)["unet"]
+    with torch.device("meta"):
+        return RadioDiffUNet(context_channels=(128, 256, 512, 1024), **arch)
+
+
+def test_paper_unet_has_the_codes_structure():
+    """Two full decoders after their own AFT; WS-conv + GroupNorm(8) ResNet blocks with
+    scale-shift time conditioning; linear attention at every level, full attention in the middle;
+    relation layers with BatchNorm projections and MLP dropout 0.1; Fourier time features."""
+    unet = paper_unet_on_meta()
+    assert len(unet.decoders) == 2 and unet.decoders[0] is not unet.decoders[1] and len(unet.afts) == 2
+    assert [len(d.levels) for d in unet.decoders] == [4, 4] and len(unet.encoder) == 4
+    blocks = [m for m in unet.modules() if isinstance(m, ResnetBlock)]
+    assert len(blocks) == 4 * 2 + 2 + 2 * (4 * 2 + 1)  # encoder, middle, both decoders and their final blocks
+    for b in blocks:
+        assert isinstance(b.block1.proj, WSConv2d) and isinstance(b.block2.proj, WSConv2d)
+        assert b.block1.norm.num_groups == 8 and b.mlp[1].out_features == 2 * b.block1.proj.out_channels
+    levels = list(unet.encoder) + [lv for d in unet.decoders for lv in d.levels]
+    assert all(isinstance(lv.attn.fn, LinearAttention) for lv in levels) and len(levels) == 12
+    assert isinstance(unet.mid_attn.fn, Attention)
+    for lv in levels:
+        rel = lv.relation
+        assert rel.queries == "context" and rel.scale == 1.0 and rel.heads == 8
+        for proj in (rel.in_x, rel.in_context):
+            assert isinstance(proj[1], torch.nn.BatchNorm2d) and proj[1].momentum == 0.03 and proj[1].eps == 1e-3
+        assert [m.p for m in rel.mlp if isinstance(m, torch.nn.Dropout)] == [0.1, 0.1]
+    assert [lv.relation.window for lv in unet.encoder] == [8, 4, 2, 1]
+    assert [lv.relation.window for lv in unet.decoders[1].levels] == [1, 2, 4, 8]
+    assert isinstance(unet.time, FourierTimeEmbedding) and unet.time.freqs.shape == (64,)
+    assert unet.time.mlp[0].in_features == 128 and unet.time.mlp[-1].out_features == 512
+
+
+def test_each_decoder_and_its_aft_give_one_output_only():
+    """F1 (-> c) comes from the first AFT and decoder, F2 (-> eps) from the second."""
+    method = bare_method(dict(RADIODIFF_TINY))
+    unet = method.net.unet.eval()
+    z, t, prompt = torch.randn(2, 3, 16, 16), torch.full((2,), 0.3), torch.rand(2, 3, 32, 32)
+    ctx = method.net.encoder(prompt)
+    with torch.no_grad():
+        f1, f2 = unet(z, t, ctx)
+        for p in list(unet.decoders[1].parameters()) + list(unet.afts[1].parameters()):
+            p.add_(0.5)
+        g1, g2 = unet(z, t, ctx)
+    assert torch.equal(f1, g1) and not torch.allclose(f2, g2)
+
+
+def test_ws_conv_is_invariant_to_the_kernels_scale_and_offset():
+    torch.manual_seed(0)
+    conv = WSConv2d(4, 6, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.normal_()  # unit variance: eps (1e-5) is negligible against it
+    x = torch.randn(2, 4, 8, 8)
+    y = conv(x)
+    with torch.no_grad():
+        conv.weight.mul_(3.0).add_(torch.randn(6, 1, 1, 1))  # per output channel: a scale and an offset
+    assert torch.allclose(conv(x), y, atol=1e-4)
+    w = torch.randn(6, 4, 3, 3)
+    ref = torch.nn.functional.conv2d(x, (w - w.mean((1, 2, 3), keepdim=True)) / (w.var((1, 2, 3), unbiased=False,
+                                                                                   keepdim=True) + 1e-5).sqrt(),
+                                     padding=1)
+    with torch.no_grad():
+        conv.weight.copy_(w)
+    assert torch.allclose(conv(x), ref, atol=1e-5)
+
+
+def test_time_embedding_is_fourier_features_of_log_t_over_4():
+    torch.manual_seed(0)
+    emb = FourierTimeEmbedding(16, 64, scale=16.0)
+    t = torch.tensor([1e-4, 0.3, 1.0])
+    arg = (torch.log(t) / 4)[:, None] * emb.freqs[None, :] * (2 * math.pi)
+    assert torch.allclose(emb.features(t), torch.cat([arg.sin(), arg.cos()], dim=1), atol=1e-5)
+    assert torch.allclose(emb(t), emb.mlp(emb.features(t)))
+    assert 10 < float(emb.freqs.std()) < 25  # N(0, 16^2), fixed
+    assert "freqs" in emb.state_dict() and not any(p is emb.freqs for p in emb.parameters())
+
+
+def test_linear_attention_matches_its_formula():
+    torch.manual_seed(0)
+    att = LinearAttention(6, heads=2, dim_head=3)
+    x = torch.randn(1, 6, 4, 5)
+    q, k, v = (a.reshape(1, 2, 3, 20) for a in att.to_qkv(x).chunk(3, dim=1))
+    q, k = q.softmax(-2) * 3 ** -0.5, k.softmax(-1)
+    # per head: context = k v^T / n (d x e), out = context^T q (e x n)
+    out = torch.stack([(k[0, h] @ (v[0, h] / 20).T).T @ q[0, h] for h in range(2)])
+    assert torch.allclose(att(x), att.to_out(out.reshape(1, 6, 4, 5)), atol=1e-6)
+
+
+def test_training_draws_the_latent_from_the_posterior():
+    """z0 = scale (mean + std n) with n from the step's generator (the code's encode().sample()),
+    the posterior cached per map; latent_sample=false gives the mean (revision 1)."""
+    method = bare_method(dict(RADIODIFF_TINY))
+    method.arch["latent_scale"] = 0.5
+    u = torch.rand(2, 1, 32, 32)
+    post = method.ae.posterior(u)
+    z = method.training_latent(u, ["a", "b"], torch.Generator().manual_seed(3))
+    n = torch.randn(post.mean.shape, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(z, 0.5 * (post.mean + post.std * n), atol=1e-5)
+    assert set(method._latents) == {"a", "b"}  # cached: the same draw again from the cache
+    assert torch.allclose(method.training_latent(u, ["a", "b"], torch.Generator().manual_seed(3)), z, atol=1e-6)
+    assert not torch.allclose(method.training_latent(u, ["a", "b"], torch.Generator().manual_seed(4)), z)
+    mean = RadioDiff("tiny", dict(RADIODIFF_TINY, latent_sample=False))
+    mean.ae, mean.arch = method.ae, dict(method.arch)
+    assert torch.allclose(mean.training_latent(u, None, torch.Generator().manual_seed(3)), 0.5 * post.mean,
+                          atol=1e-6)
+
+
+@pytest.mark.parametrize("profile", [RADIODIFF_TINY, RADIODIFF_SMALL, RADIODIFF_PAPER])
+def test_sampling_uses_the_raw_weights_and_the_vae_trains_as_train_vae(profile):
+    """The code's sampling config has use_ema: False; its train_vae.py uses AdamW with torch's
+    defaults (betas 0.9, 0.999, weight decay 0.01) for the autoencoder and the discriminator."""
+    assert TrainConfig.from_hparams(profile).ema_decay is None
+    if profile is RADIODIFF_PAPER:
+        vae = vae_hparams(profile)
+        for cfg in (TrainConfig.from_hparams(vae), TrainConfig.from_hparams(vae, prefix="d_")):
+            assert cfg.optimizer == "adamw" and cfg.adam_betas == (0.9, 0.999) and cfg.weight_decay == 0.01
+            assert cfg.lr == 5e-6
+        assert TrainConfig.from_hparams(vae).batch_size == 2
+
+
+def test_revision_2_is_recorded_and_revision_1_checkpoints_are_refused(reg):
+    assert reg.method("radiodiff").version == "2"
+    old = {"arch": {"prompt": ["buildings", "tx_map", "buildings"], "unet": {}}, "net": {}, "vae": {}}
+    with pytest.raises(CkmError, match="revision 1"):
+        RadioDiff("tiny", dict(RADIODIFF_TINY)).load_state_dict(old)

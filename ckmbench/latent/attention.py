@@ -65,11 +65,14 @@ class CrossAttention(nn.Module):
     """Windowed cross-attention between a U-Net map and a condition map (see the module doc).
 
     ``heads`` must divide ``dim``; ``scale`` is the logit scale (None: 1/sqrt(head dim);
-    RadioDiff's code uses 1); ``ffn_mult`` the width of the token MLP (code: 2).
+    RadioDiff's code uses 1); ``ffn_mult`` the width of the token MLP (code: 2); ``proj_norm``
+    the norm after each input projection: "group" (GroupNorm, batch-independent) or "batch"
+    (RadioDiff's code: BatchNorm2d with momentum 0.03, eps 1e-3).
     """
 
     def __init__(self, dim: int, context_dim: int, heads: int = 8, window: int = 1, queries: str = "x",
-                 ffn_mult: int = 2, dropout: float = 0.0, norm_groups: int = 8, scale: float | None = None):
+                 ffn_mult: int = 2, dropout: float = 0.0, norm_groups: int = 8, scale: float | None = None,
+                 proj_norm: str = "group"):
         super().__init__()
         if dim % heads:
             raise CkmError(f"cross-attention: {heads} heads do not divide {dim} channels: pick xattn_heads dividing "
@@ -78,11 +81,15 @@ class CrossAttention(nn.Module):
             raise CkmError(f"cross-attention: queries must be 'x' or 'context', got {queries!r}")
         if int(window) < 1:
             raise CkmError(f"cross-attention: window must be >= 1, got {window!r}")
+        if proj_norm not in ("group", "batch"):
+            raise CkmError(f"cross-attention: proj_norm must be 'group' or 'batch', got {proj_norm!r}")
         self.dim, self.context_dim, self.heads, self.window = dim, context_dim, heads, int(window)
         self.queries, self.scale = queries, scale
         g = _groups(dim, norm_groups)
-        self.in_x = nn.Sequential(nn.Conv2d(dim, dim, 1), nn.GroupNorm(g, dim))
-        self.in_context = nn.Sequential(nn.Conv2d(context_dim, dim, 1), nn.GroupNorm(g, dim))
+        norm = (lambda: nn.GroupNorm(g, dim)) if proj_norm == "group" else \
+            (lambda: nn.BatchNorm2d(dim, momentum=0.03, eps=1e-3))
+        self.in_x = nn.Sequential(nn.Conv2d(dim, dim, 1), norm())
+        self.in_context = nn.Sequential(nn.Conv2d(context_dim, dim, 1), norm())
         self.fuse = nn.Conv2d(2 * dim, dim, 1)
         self.fuse_norm = nn.GroupNorm(g, dim)
         self.q = nn.Linear(dim, dim)

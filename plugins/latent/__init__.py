@@ -15,7 +15,8 @@ from ckmbench.tasks.builtin import SR_FACTORS
 from .ckmdiff import CKMDiff
 from .physdiff import ENVGEN_TASKS, PHYSDIFF_PAPER, PHYSDIFF_SMALL, PHYSDIFF_TINY, PhysDiff
 from .physdiff import REVISION as PHYSDIFF_REVISION
-from .radiodiff import RADIODIFF_PAPER, RADIODIFF_SMALL, RADIODIFF_TINY, TASKS as RADIODIFF_TASKS, RadioDiff
+from .radiodiff import RADIODIFF_PAPER, RADIODIFF_SMALL, RADIODIFF_TINY, REVISION as RADIODIFF_REVISION, \
+    TASKS as RADIODIFF_TASKS, RadioDiff
 
 NOISY_SR_TASKS = tuple(f"sr{f}-noisy" for f in SR_FACTORS)
 CKMDIFF_TASKS = ("inpaint", "denoise", "generate") + NOISY_SR_TASKS
@@ -66,9 +67,11 @@ def latent_specs() -> list[MethodSpec]:
                    description="CKMDiff (Fu et al.): conditional decoupled diffusion in a KL-autoencoder latent, "
                                "feature-emphasis condition through Swin-B"),
         MethodSpec(name="radiodiff", factory=RadioDiff, tasks=RADIODIFF_TASKS, kind="diffusion",
+                   version=RADIODIFF_REVISION,
                    profiles={"tiny": RADIODIFF_TINY, "small": RADIODIFF_SMALL, "paper": RADIODIFF_PAPER},
                    description="RadioDiff (Wang et al.): decoupled latent diffusion from a buildings/cars/Tx "
-                               "prompt, Swin-B cross-attention, adaptive FFT filter"),
+                               "prompt, the code's two-decoder U-Net with Swin-B relation layers and adaptive "
+                               "FFT filters"),
         MethodSpec(name="physdiff", factory=PhysDiff, tasks=ENVGEN_TASKS, kind="diffusion", version=PHYSDIFF_REVISION,
                    profiles={"tiny": PHYSDIFF_TINY, "small": PHYSDIFF_SMALL, "paper": PHYSDIFF_PAPER},
                    description="Physics-inspired LDM (Zhu et al.): x0-prediction latent diffusion, Swin-T "

@@ -4,17 +4,21 @@ shared KL autoencoder, conditioned on a prompt of the environment (docs/methods/
 Pipeline:
 
 1. the dataset's KL autoencoder (:func:`ckmbench.latent.fitted_autoencoder`, shared with
-   every latent method), frozen; z0 = scale x its posterior mean;
+   every latent method), frozen; in training z0 = scale x a posterior sample (the code's
+   ``get_first_stage_encoding``), the posterior mean where a deterministic latent is needed
+   (the latent scale and clip bound);
 2. the prompt: [buildings, Tx, buildings] (``envgen-static``, the code's static prompt) or
    [buildings, cars, Tx] (``envgen-dynamic``, S4's prompt C) -> condition encoder (Swin-B at
    ``paper``, a conv encoder at ``small``/``tiny``) -> one feature map per U-Net level;
-3. a :class:`ckmbench.latent.attention.CrossAttnUNet`: windowed cross-attention to the
-   prompt's features at every encoder and decoder level, the level-0 features concatenated
-   to the input, the adaptive Fourier filter (AFT, S4 eqs. 22-23) at the bottleneck, two
-   heads F1, F2 with the code's output preconditioning (:func:`precondition`);
+3. the code's U-Net (:class:`ckmbench.latent.radiodiff_unet.RadioDiffUNet`, revision 2):
+   weight-standardised ResNet blocks with scale-shift time conditioning on Fourier features of
+   log(t)/4, a relation layer (cross-attention to the prompt's features) and linear attention
+   at every level, two AFT branches (S4 eqs. 22-23) at the bottleneck each feeding its own
+   full decoder (F1 -> c, F2 -> eps), and the code's output preconditioning (:func:`precondition`);
 4. decoupled diffusion (S4 eqs. 13-20): the paper's unweighted L2 loss (``loss=code``: the
    code's weighted L1 + L2), and the code's sampler (5 steps + a final step at t_min, c
-   re-derived from the clipped x0 estimate); decode.
+   re-derived from the clipped x0 estimate) with the raw weights (the code samples without
+   EMA); decode.
 
 Everything else -- latents (cached per map), the latent scale, validation, prediction, state
 and parameter counts -- is CKMDiff's (:class:`RadioDiff` subclasses it).
@@ -28,8 +32,8 @@ from torch import nn
 from ckmbench.errors import CkmError
 from ckmbench.fitting import report_fit
 from ckmbench.latent import DecoupledDiffusion, build_condition_encoder, fitted_autoencoder, vae_hparams
-from ckmbench.latent.attention import CrossAttnUNet
 from ckmbench.latent.autoencoder import AE_PAPER, AE_SMALL, AE_TINY, prefixed
+from ckmbench.latent.radiodiff_unet import RadioDiffUNet
 from ckmbench.training import Trainer, TrainConfig
 
 from .ckmdiff import CKMDiff
@@ -40,6 +44,10 @@ TASKS = ("envgen-static", "envgen-dynamic")
 PROMPTS = {"envgen-static": ("buildings", "tx_map", "buildings"), "envgen-dynamic": ("buildings", "cars", "tx_map")}
 # ``loss`` of the profile -> DecoupledDiffusion's loss
 LOSSES = {"l2": "l2", "code": "radiodiff"}
+# The method's revision (MethodSpec.version): 2 = the code's U-Net (two decoders, WS-conv blocks,
+# linear attention, Fourier time features), posterior-sampled latents, raw weights at sampling.
+REVISION = "2"
+BACKBONE = "radiodiff-code"  # arch["backbone"] of a revision-2 fit
 
 
 def precondition(z: torch.Tensor, t: torch.Tensor, f1: torch.Tensor, f2: torch.Tensor):
@@ -51,9 +59,9 @@ def precondition(z: torch.Tensor, t: torch.Tensor, f1: torch.Tensor, f2: torch.T
 
 
 class RadioDiffNet(nn.Module):
-    """The trained part: condition encoder + cross-attention U-Net, preconditioned outputs."""
+    """The trained part: condition encoder + the code's U-Net, preconditioned outputs."""
 
-    def __init__(self, unet: CrossAttnUNet, encoder: nn.Module):
+    def __init__(self, unet: RadioDiffUNet, encoder: nn.Module):
         super().__init__()
         self.unet = unet
         self.encoder = encoder
@@ -108,19 +116,28 @@ class RadioDiff(CKMDiff):
 
     # ------------------------------------------------------------ building
     def architecture(self, task_name: str, image_size: int, downsample: int, z_channels: int) -> dict:
-        """CKMDiff's U-Net and encoder settings, plus the prompt, cross-attention and AFT."""
+        """The code's U-Net (:class:`RadioDiffUNet`) and the condition encoder, for ``task_name``'s prompt.
+
+        Windows are chosen so every level's relation layer attends over ``xattn_tokens`` x
+        ``xattn_tokens`` tokens (8: the code's 8, 4, 2, 1 at a 64^2 latent)."""
         hp = self.hparams
-        arch = super().architecture("envgen", image_size, downsample, z_channels)
-        levels, side = len(arch["unet"]["mults"]), int(image_size) // int(downsample)
+        mults = [int(m) for m in hp["mults"]]
+        levels, side = len(mults), int(image_size) // int(downsample)
         tokens = int(hp.get("xattn_tokens", 8))
-        windows = [max(1, (side >> lvl) // tokens) for lvl in range(levels)]
-        arch["unet"].update(xattn_heads=int(hp.get("xattn_heads", 8)), xattn_windows=windows,
-                            xattn_queries=str(hp.get("xattn_queries", "context")),
-                            xattn_scale=hp.get("xattn_scale") or None,  # 0/null: the usual 1/sqrt(head dim)
-                            xattn_ffn_mult=int(hp.get("xattn_ffn_mult", 2)),
-                            input_context=bool(hp.get("input_context", True)), aft=bool(hp.get("aft", True)))
-        arch.update(kind="envgen", task=task_name, prompt=list(PROMPTS[task_name]))
-        return arch
+        unet = dict(z_channels=int(z_channels), base=int(hp["base"]), mults=mults,
+                    windows=[max(1, (side >> lvl) // tokens) for lvl in range(levels)],
+                    relation_heads=int(hp.get("xattn_heads", 8)),
+                    relation_scale=hp.get("xattn_scale") or None,  # 0/null: the usual 1/sqrt(head dim)
+                    relation_dropout=float(hp.get("relation_dropout", 0.1)),
+                    relation_norm=str(hp.get("relation_norm", "batch")), attn_heads=int(hp.get("attn_heads", 4)),
+                    attn_dim_head=int(hp.get("attn_dim_head", 32)), fourier_scale=float(hp.get("fourier_scale", 16)),
+                    norm_groups=int(hp.get("norm_groups", 8)), aft=bool(hp.get("aft", True)), image_size=side)
+        encoder = dict(kind=str(hp["encoder"]), image_size=int(image_size), downsample=int(downsample), levels=levels,
+                       channels=[int(c) for c in hp.get("cond_channels") or []], weights=hp.get("swin_weights"),
+                       norm_groups=int(hp.get("encoder_norm_groups", hp.get("norm_groups", 8))))
+        return {"kind": "envgen", "backbone": BACKBONE, "image_size": int(image_size), "downsample": int(downsample),
+                "unet": unet, "encoder": encoder, "latent_scale": None, "task": task_name,
+                "prompt": list(PROMPTS[task_name])}
 
     @staticmethod
     def build(arch: dict, init_weights: bool = True) -> RadioDiffNet:  # type: ignore[override]
@@ -129,7 +146,7 @@ class RadioDiff(CKMDiff):
         if not init_weights:
             e["weights"] = None
         enc = build_condition_encoder(e.pop("kind"), **e)
-        return RadioDiffNet(CrossAttnUNet(context_channels=tuple(enc.channels), **arch["unet"]), enc)
+        return RadioDiffNet(RadioDiffUNet(context_channels=tuple(enc.channels), **arch["unet"]), enc)
 
     # ------------------------------------------------------------ representation
     def condition(self, obs) -> torch.Tensor:
@@ -155,12 +172,40 @@ class RadioDiff(CKMDiff):
         return float(self.latent(target.to(dev)).abs().max())
 
     # ------------------------------------------------------------ training
+    def training_latent(self, u: torch.Tensor, keys, generator: torch.Generator | None) -> torch.Tensor:
+        """z0 = scale x a draw from the autoencoder's posterior (the code's ``encode(x).sample()``),
+        the noise from the step's ``generator``; ``latent_sample=false``: the posterior mean
+        (revision 1). With ``cache_latents`` each map's posterior (mean, std) is computed once,
+        alone, and kept; the draw is new at every step either way."""
+        if not self.hparams.get("latent_sample", True):
+            return self.latent(u, keys)
+        with torch.no_grad():
+            if keys is None or not self.hparams.get("cache_latents"):
+                post = self.ae.posterior(u)
+                mean, std = post.mean.float(), post.std.float()
+            else:
+                cache = self._latents
+                for i, k in enumerate(keys):
+                    if k not in cache:
+                        post = self.ae.posterior(u[i:i + 1])
+                        cache[k] = torch.stack([post.mean.float()[0], post.std.float()[0]]).cpu()
+                both = torch.stack([cache[k] for k in keys]).to(u.device)
+                mean, std = both[:, 0], both[:, 1]
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return (mean + std * noise) * self.arch["latent_scale"]
+
+    def loss(self, net, batch, generator) -> torch.Tensor:
+        obs, target, _ = batch
+        prompt = self.condition(obs)
+        z0 = self.training_latent(target, obs.keys, generator)
+        return self.ddm.training_loss(lambda z, t: net(z, t, prompt), z0, generator=generator)
+
     def fit(self, train, val, task, ctx) -> None:
         prompt_fields(task)
         if int(train.dataset.shape[0]) != int(train.dataset.shape[1]):
             raise CkmError("radiodiff: the AFT is built for square latents: use a dataset of square maps")
         ae_hp = vae_hparams(self.hparams)
-        self._latents = {}
+        self._latents = {}  # key -> stacked posterior (mean, std) (training_latent)
         self.ae, ae_info = fitted_autoencoder(train, val, ctx, ae_hp)
         self.arch = self.architecture(task.name, int(train.dataset.shape[0]), self.ae.downsample, self.ae.z_channels)
         self.arch.update(vae=ae_hp, latent_scale=self.latent_scale(train))
@@ -170,7 +215,9 @@ class RadioDiff(CKMDiff):
         result = Trainer(self.net, cfg, ctx, name="ddm").fit(train, self.loss, self.validation_fn(val, cfg.batch_size))
         report_fit(ctx, result, autoencoder=ae_info, encoder=self.encoder_variant(), prompt=self.arch["prompt"],
                    latent_scale=self.arch["latent_scale"], clip_x0=self.arch["clip_x0"], aft=self.arch["unet"]["aft"],
-                   loss=self.hparams.get("loss", "l2"))
+                   loss=self.hparams.get("loss", "l2"), backbone=BACKBONE,
+                   latent_sample=bool(self.hparams.get("latent_sample", True)),
+                   weights="ema" if cfg.ema_decay else "raw")
 
     # ------------------------------------------------------------ prediction
     def predict(self, obs, ctx) -> torch.Tensor:
@@ -191,42 +238,52 @@ class RadioDiff(CKMDiff):
         if not state or "prompt" not in state.get("arch", {}):
             raise CkmError("checkpoint is not a radiodiff checkpoint (no arch with a prompt): pass one written by "
                            "ckmbench run -m radiodiff")
+        if state["arch"].get("backbone") != BACKBONE:
+            raise CkmError("checkpoint was written by radiodiff revision 1 (the SR3 cross-attention U-Net), which "
+                           f"this revision ({REVISION}, the code's U-Net) cannot load: refit it with ckmbench run -m "
+                           "radiodiff")
         super().load_state_dict(state)
 
 
 # ------------------------------------------------------------------ profiles
-# paper: S4 and its code (reference/methods.md): U-Net 128 / [1, 2, 4, 4], 2 blocks, Swin-B condition
-# encoder (ImageNet weights from a local file when given: swin_weights), windowed cross-attention at
-# every level (8 x 8 window tokens per level: windows 8, 4, 2, 1 at the 64^2 latent; 8 heads, unscaled
-# logits, queries from the prompt, as the code), the level-0 prompt features concatenated at the input,
-# AFT at the 8 x 8 bottleneck, the code's preconditioning; unweighted L2 (S4 eq. 20); AdamW 5e-5 ->
-# 5e-6, batch 64, 50k steps, EMA 0.9999 after 10k; latent scale 0.3; 5 sampling steps + the split last
-# step; t_min 1e-4 (the code's eps); RadioDiff's autoencoder (the shared one). Choices the sources leave
-# open: docs/methods/radiodiff.md.
+# paper: S4 and its code (reference/methods.md, docs/methods/radiodiff.md): the code's U-Net
+# (RadioDiffUNet) 128 / [1, 2, 4, 4], GroupNorm(8), 2 ResNet blocks per level, a relation layer per level
+# (8 x 8 window tokens: windows 8, 4, 2, 1 at the 64^2 latent; 8 heads, unscaled logits, MLP dropout 0.1,
+# BatchNorm in the projections), linear attention 4 x 32 per level, Fourier time features (scale 16) of
+# log(t)/4, two AFT branches at the 8 x 8 bottleneck and two decoders, the code's preconditioning; Swin-B
+# condition encoder (ImageNet weights from a local file when given: swin_weights); unweighted L2 (S4 eq.
+# 20); AdamW 5e-5 -> 5e-6, batch 64, 50k steps; raw weights (the code's sampling config: use_ema False);
+# latent scale 0.3, posterior-sampled latents; 5 sampling steps + the split last step; t_min 1e-4 (the
+# code's eps). The autoencoder is RadioDiff's (the shared one) with train_vae.py's optimiser: AdamW with
+# torch's defaults (betas 0.9, 0.999, weight decay 0.01) for both the autoencoder and the discriminator,
+# no effective clipping (the code clips after the step). Choices the sources leave open:
+# docs/methods/radiodiff.md.
 RADIODIFF_PAPER = dict(
     encoder="swin-b", swin_weights=None, cond_channels=None,
-    base=128, mults=[1, 2, 4, 4], num_res_blocks=2, dropout=0.0, attn_resolutions=[], norm_groups=32,
-    xattn_heads=8, xattn_tokens=8, xattn_queries="context", xattn_scale=1.0, xattn_ffn_mult=2,
-    input_context=True, aft=True,
-    t_min=1e-4, loss="l2", latent_scale=0.3, clip_x0=None, sample_steps=5, split_last=True, zero_buildings=True,
+    base=128, mults=[1, 2, 4, 4], norm_groups=8, attn_heads=4, attn_dim_head=32, fourier_scale=16.0,
+    xattn_heads=8, xattn_tokens=8, xattn_scale=1.0, relation_dropout=0.1, relation_norm="batch", aft=True,
+    t_min=1e-4, loss="l2", latent_scale=0.3, latent_sample=True, clip_x0=None, sample_steps=5, split_last=True,
+    zero_buildings=True,
     steps=50_000, batch_size=64, optimizer="adamw", weight_decay=1e-4, lr=5e-5, lr_end=5e-6, lr_schedule="linear",
-    grad_clip=1.0,
-    ema_decay=0.9999, ema_start=10_000, fresh_degradations=False, select="last", checkpoint_every=5000,
+    grad_clip=1.0, ema_decay=None, select="last", checkpoint_every=5000,
     log_every=100, val_every=0, amp=None, cache_latents=False,
-    **prefixed(AE_PAPER),
+    **prefixed(dict(AE_PAPER, adam_betas=[0.9, 0.999], d_adam_betas=[0.9, 0.999], weight_decay=0.01,
+                    d_weight_decay=0.01)),
 )
-# small (docs/methods/radiodiff.md, "Small-profile devices"): 64^2 city maps, the small autoencoder
-# (shared with ckmdiff's small profile: one fit per dataset), a conv condition encoder, width 32 with
-# [1, 2, 2] and one block per level (4 x 4 bottleneck for the AFT), 4 heads, steps sized to the machine,
-# a higher learning rate and a faster EMA; the latent scale measured; latents cached.
+# small (docs/methods/radiodiff.md, "Small-profile devices"): the same U-Net shrunk -- width 32 with
+# [1, 2, 2] (4 x 4 bottleneck for the AFTs), linear attention 4 x 8, 4 relation heads -- on 64^2 city
+# maps; the small autoencoder (shared with ckmdiff's small profile: one fit per dataset), a conv
+# condition encoder, steps sized to the machine, a higher learning rate; the latent scale measured;
+# latents (their posteriors) cached.
 RADIODIFF_SMALL = dict(
-    RADIODIFF_PAPER, encoder="conv", cond_channels=[32, 64, 64], base=32, mults=[1, 2, 2], num_res_blocks=1,
-    norm_groups=8, xattn_heads=4, latent_scale="auto", steps=6000, batch_size=16, lr=2e-4, lr_end=2e-5,
-    ema_decay=0.999, ema_start=150, checkpoint_every=250, log_every=50, cache_latents=True,
+    RADIODIFF_PAPER, encoder="conv", cond_channels=[32, 64, 64], encoder_norm_groups=8, base=32, mults=[1, 2, 2],
+    attn_dim_head=8, xattn_heads=4, latent_scale="auto", steps=6000, batch_size=16, lr=2e-4, lr_end=2e-5,
+    checkpoint_every=250, log_every=50, cache_latents=True,
     **prefixed(AE_SMALL),
 )
 RADIODIFF_TINY = dict(
-    RADIODIFF_SMALL, cond_channels=[8, 16], base=8, mults=[1, 2], norm_groups=4, xattn_heads=2, steps=6,
-    batch_size=4, lr=1e-3, lr_end=1e-4, ema_decay=0.9, ema_start=0, checkpoint_every=3, log_every=3, sample_steps=2,
+    RADIODIFF_SMALL, cond_channels=[8, 16], encoder_norm_groups=4, base=8, mults=[1, 2], norm_groups=4,
+    attn_heads=2, attn_dim_head=4, xattn_heads=2, steps=6, batch_size=4, lr=1e-3, lr_end=1e-4, checkpoint_every=3,
+    log_every=3, sample_steps=2,
     **prefixed(AE_TINY),
 )
