@@ -138,6 +138,12 @@ def cli(verbose: bool):
                    "a classical run past it is stored as timeout.")
 @click.option("--checkpoint", default=None, help="Load this checkpoint instead of fitting.")
 @click.option("--refit", is_flag=True, help="Train again even when the fit cache holds this fit.")
+@click.option("--weights", default=None,
+              help="Score a checkpoint published by the method's authors (its state_dict), loaded through the "
+                   "method's key map into the paper profile; no training (docs/weights.md).")
+@click.option("--save-predictions", default=None, type=click.Path(file_okay=False),
+              help="Also write every scored prediction as DIR/<scene>_<tx>.npy (path gain in dB; "
+                   "`ckmbench evaluate --npy-unit db` reads them).")
 @click.option("--set", "sets", multiple=True, help="Hyper-parameter override key=value (repeatable).")
 @click.option("--fid/--no-fid", default=None,
               help="Compute FID (default: only for inpaint, denoise, generate and the -noisy sr tasks).")
@@ -161,8 +167,8 @@ def cli(verbose: bool):
 @click.option("--loader-workers", default=None, type=click.IntRange(min=0),
               help="DataLoader worker processes building training batches (default $CKMBENCH_LOADER_WORKERS or 0).")
 def run(method, task, dataset, train_dataset, profile, seed, device, data_root, train_data_root, store, runs_dir,
-        max_test, time_budget, checkpoint, refit, sets, fid, protocol, no_progress, seeds, launcher, jobs,
-        launcher_config, wait, shard, loader_workers):
+        max_test, time_budget, checkpoint, refit, weights, save_predictions, sets, fid, protocol, no_progress, seeds,
+        launcher, jobs, launcher_config, wait, shard, loader_workers):
     """Fit METHOD on TASK, score it, print the metrics and store a record."""
     from .plugins import registry
     from .report import print_record
@@ -175,6 +181,9 @@ def run(method, task, dataset, train_dataset, profile, seed, device, data_root, 
     overrides = _parse_sets(sets)
     if checkpoint and not Path(checkpoint).is_file():
         raise CkmError(f"--checkpoint {checkpoint} is not a file: pass the checkpoint.pt of a run folder")
+    if weights and checkpoint:
+        raise CkmError("--weights and --checkpoint both given: pass one (--weights: the authors' file; "
+                       "--checkpoint: a ckmbench run's)")
     resolve_device(device)
     reg = registry()
     methods = reg.names("methods") if methods == ["all"] else methods
@@ -190,6 +199,13 @@ def run(method, task, dataset, train_dataset, profile, seed, device, data_root, 
         tasks = [variant_name(t, protocol) for t in tasks]
     for name in methods:
         reg.method(name)
+    if weights:  # one file is one method's network
+        from .weights_import import check_weights_request
+
+        if len(methods) != 1:
+            raise CkmError(f"--weights loads one method's network, but {len(methods)} methods were given: "
+                           f"pass one with -m")
+        check_weights_request(reg.method(methods[0]), profile, weights)
     for name in tasks:
         reg.task(name)
     reg.dataset(dataset)
@@ -210,7 +226,8 @@ def run(method, task, dataset, train_dataset, profile, seed, device, data_root, 
                       device=device, data_root=data_root, train_data_root=train_data_root, store=str(store_file),
                       runs_dir=runs_dir, max_test=max_test, time_budget_s=time_budget, checkpoint=checkpoint,
                       refit=refit, progress=not no_progress and launcher == "inline", fid=fid, hparams=per_method[m],
-                      shard=shard_t, loader_workers=loader_workers)
+                      shard=shard_t, loader_workers=loader_workers, weights=weights,
+                      save_predictions=save_predictions)
             for m, t in pairs for sd in seed_list]
     if launcher != "inline":
         _launch(cfgs, launcher, jobs, launcher_config, wait, store_file)

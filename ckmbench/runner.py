@@ -138,6 +138,11 @@ class RunConfig:
     # write the record as a per-run file in the store's pending folder, not into the store
     # (cluster jobs: `ckmbench results collect` merges them, no lock on a shared filesystem)
     pending: bool = False
+    # a checkpoint published by the method's authors, loaded through its key map instead of a
+    # fit (paper profile only; ckmbench.weights_import, docs/weights.md)
+    weights: str | None = None
+    # write every scored prediction as <scene>_<tx>.npy (path gain in dB) into this folder
+    save_predictions: str | None = None
 
 
 @dataclass
@@ -279,6 +284,18 @@ def _save_examples(store_file: Path, record_id: str, test, pred, target, observa
     return rel.as_posix()
 
 
+def save_predictions_db(folder: Path, test, pred: torch.Tensor) -> None:
+    """Each prediction as ``<scene>_<tx>.npy``: path gain in dB on the map's own gain range,
+    the names and unit ``ckmbench evaluate --npy-unit db`` reads back."""
+    from .data.sample import denormalize
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (scene, tx) in enumerate(zip(test.scene, test.tx_index)):
+        buf = io.BytesIO()
+        np.save(buf, denormalize(pred[i, 0].numpy(), test.gain_range[i]).astype(np.float32))
+        atomic_write_bytes(folder / f"{scene}_{int(tx)}.npy", buf.getvalue())
+
+
 def _clean(values: dict) -> dict:
     out = {}
     for k, v in values.items():
@@ -303,6 +320,13 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
     prep = prepare(cfg, reg)
     workers = loader_workers(cfg)
     spec = prep.spec
+    imported = None  # (method, fit field): the authors' weights, loaded before any work (or refused)
+    if cfg.weights:
+        from .weights_import import check_weights_request, import_weights
+
+        check_weights_request(spec, cfg.profile, cfg.weights)
+        preloaded = spec.factory(cfg.profile, prep.hparams)
+        imported = preloaded, import_weights(preloaded, cfg.weights, prep.train_task, prep.device)
     dist, version = reg.method_version(spec.name)
     record_id = uuid.uuid4().hex
     train_name = cfg.train_dataset or cfg.dataset
@@ -312,6 +336,8 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         "train_dataset": train_name, "train_dataset_hash": train_hash, "profile": cfg.profile,
         "hparams": prep.hparams, "seed": cfg.seed, "max_test": cfg.max_test,
     }
+    if imported:  # another network than the fit of the same settings: another config
+        config["weights_sha256"] = imported[1]["weights_sha256"]
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     run_dir = Path(cfg.runs_dir or default_runs_dir(cfg.store)) / f"{stamp}-{spec.name}-{cfg.task}-{cfg.dataset}-{record_id[:8]}"
     if not dist_info().is_main:  # under torchrun only rank 0 writes a run folder
@@ -348,13 +374,15 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
     # learned (record: fit.budget_reached). A baseline past the budget is a timeout.
     predict_deadline = None if learned else deadline
     try:
-        method = spec.factory(cfg.profile, prep.hparams)
+        method = imported[0] if imported else spec.factory(cfg.profile, prep.hparams)
         empty = prep.test.take([])
         train = TaskData(prep.train if prep.train is not None else empty, prep.train_task, cfg.seed)
         val = TaskData(prep.val if prep.val is not None else empty, prep.train_task, cfg.seed)
         with PeakMemory(prep.device) as peak:
             t0 = time.perf_counter()
-            if cfg.checkpoint:
+            if imported:
+                record["fit"] = imported[1]
+            elif cfg.checkpoint:
                 method.load_state_dict(load_checkpoint_file(cfg.checkpoint, map_location=prep.device))
             else:
                 record["fit"] = fit_method(
@@ -377,6 +405,8 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
                                                                      predict_deadline)
             infer_s = time.perf_counter() - t1
         pred = pred.clamp(0, 1)
+        if cfg.save_predictions:
+            save_predictions_db(Path(cfg.save_predictions), prep.test, pred)
         from .metrics.evaluate import evaluate
 
         gain_range = torch.from_numpy(prep.test.gain_range.astype(np.float32))
