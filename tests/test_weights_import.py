@@ -9,9 +9,8 @@ do not go through our modules' code.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 
 from ckmbench.data.registry import load_dataset
 from ckmbench.errors import CkmError
+from ckmbench.external import evaluate_predictions
 from ckmbench.method import TaskData
 from ckmbench.weights_import import import_weights
 from ckmbench_plugins.radiomap.radiounet import from_training_scale
@@ -267,18 +267,25 @@ def test_pix2pix_generator_predicts_as_pix2pix(reg, tiny, tmp_path):
     assert float(want.std()) > 0
 
 
-def ckm(*args):
-    return subprocess.run([sys.executable, "-m", "ckmbench.cli", *args], capture_output=True, text=True)
+def ckm(capsys, *args) -> tuple[int, str]:
+    """``ckmbench ARGS`` in this process: (exit status, stderr)."""
+    from ckmbench.cli import main
+
+    capsys.readouterr()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
 
 
-def test_cli_weights_record_and_saved_predictions_in_db(tmp_path):
+def test_cli_weights_record_and_saved_predictions_in_db(tmp_path, capsys):
     weights, preds, store = save(tmp_path, random_state()), tmp_path / "preds", tmp_path / "r.jsonl"
-    out = ckm("run", "-m", "radiounet-c", "-t", "envgen-static", "-d", "city-tiny", "-p", "paper", "--weights",
-              str(weights), "--save-predictions", str(preds), "--store", str(store), "--no-progress")
-    assert out.returncode == 0, out.stderr
+    code, err = ckm(capsys, "run", "-m", "radiounet-c", "-t", "envgen-static", "-d", "city-tiny", "-p", "paper",
+                    "--weights", str(weights), "--save-predictions", str(preds), "--store", str(store), "--no-progress")
+    assert code == 0, err
     rec = json.loads(store.read_text().splitlines()[-1])
-    import hashlib
-
     assert rec["fit"]["source"] == "imported" and rec["fit"]["steps_done"] == 0
     assert rec["fit"]["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert rec["cost"]["train_s"] is None
@@ -286,11 +293,6 @@ def test_cli_weights_record_and_saved_predictions_in_db(tmp_path):
     assert sorted(p.name for p in preds.iterdir()) == sorted(f"{s}_{t}.npy" for s, t in zip(test.scene, test.tx_index))
     first = np.load(preds / f"{test.scene[0]}_{test.tx_index[0]}.npy")
     assert first.shape == test.shape and first.min() >= test.gain_range[0, 0] and first.max() <= test.gain_range[0, 1]
-    again = ckm("evaluate", "-t", "envgen-static", "-d", "city-tiny", "--predictions", str(preds), "--npy-unit", "db",
-                "--no-record")
-    assert again.returncode == 0, again.stderr
-    from ckmbench.external import evaluate_predictions
-
     ext = evaluate_predictions("envgen-static", "city-tiny", preds, npy_unit="db", record=False)
     for metric in ("mse", "psnr"):
         assert ext["metrics"][metric] == pytest.approx(rec["metrics"][metric], rel=1e-5)
@@ -301,17 +303,17 @@ def test_cli_weights_record_and_saved_predictions_in_db(tmp_path):
     (["-m", "uvm-net", "-p", "paper"], "method 'uvm-net' has no key map"),
     (["-m", "radiounet-c,rme-gan", "-p", "paper"], "2 methods were given"),
 ])
-def test_weights_refused_up_front_in_one_line(tmp_path, args, message):
+def test_weights_refused_up_front_in_one_line(tmp_path, capsys, args, message):
     weights = save(tmp_path, random_state())
-    out = ckm("run", "-t", "envgen-static", "-d", "city-tiny", "--weights", str(weights), *args)
-    assert out.returncode != 0 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    code, err = ckm(capsys, "run", "-t", "envgen-static", "-d", "city-tiny", "--weights", str(weights), *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_cli_mismatched_file_is_one_line_before_any_work(tmp_path):
+def test_cli_mismatched_file_is_one_line_before_any_work(tmp_path, capsys):
     state = random_state()
     state.pop("layer5.0.weight")
     store = tmp_path / "r.jsonl"
-    out = ckm("run", "-m", "radiounet-c", "-t", "envgen-static", "-d", "city-tiny", "-p", "paper", "--weights",
-              str(save(tmp_path, state)), "--store", str(store), "--no-progress")
-    assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1, out.stderr
-    assert "first 'layer5.0.weight'" in out.stderr and not store.exists()
+    code, err = ckm(capsys, "run", "-m", "radiounet-c", "-t", "envgen-static", "-d", "city-tiny", "-p", "paper",
+                    "--weights", str(save(tmp_path, state)), "--store", str(store), "--no-progress")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "first 'layer5.0.weight'" in err and not store.exists()
