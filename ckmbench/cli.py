@@ -143,6 +143,12 @@ def cli(verbose: bool):
                                               "(a teacher fit, e.g. LiCGDM's CGDM, is kept).")
 @click.option("--resume", is_flag=True, help="Skip the runs whose configuration already has a done record in the "
                                              "store or its pending folder (a killed sweep goes on where it stopped).")
+@click.option("--weights", default=None,
+              help="Score a checkpoint published by the method's authors (its state_dict), loaded through the "
+                   "method's key map into the paper profile; no training (docs/weights.md).")
+@click.option("--save-predictions", default=None, type=click.Path(file_okay=False),
+              help="Also write every scored prediction as DIR/<scene>_<tx>.npy (path gain in dB; "
+                   "`ckmbench evaluate --npy-unit db` reads them).")
 @click.option("--set", "sets", multiple=True, help="Hyper-parameter override key=value (repeatable).")
 @click.option("--fid/--no-fid", default=None,
               help="Compute FID (default: only for inpaint, denoise, generate and the -noisy sr tasks).")
@@ -166,8 +172,8 @@ def cli(verbose: bool):
 @click.option("--loader-workers", default=None, type=click.IntRange(min=0),
               help="DataLoader worker processes building training batches (default $CKMBENCH_LOADER_WORKERS or 0).")
 def run(method, task, dataset, train_dataset, profile, seed, device, data_root, train_data_root, store, runs_dir,
-        max_test, time_budget, checkpoint, refit, restart, resume, sets, fid, protocol, no_progress, seeds, launcher,
-        jobs, launcher_config, wait, shard, loader_workers):
+        max_test, time_budget, checkpoint, refit, restart, resume, weights, save_predictions, sets, fid, protocol,
+        no_progress, seeds, launcher, jobs, launcher_config, wait, shard, loader_workers):
     """Fit METHOD on TASK, score it, print the metrics and store a record."""
     from .plugins import registry
     from .report import print_record
@@ -180,6 +186,9 @@ def run(method, task, dataset, train_dataset, profile, seed, device, data_root, 
     overrides = _parse_sets(sets)
     if checkpoint and not Path(checkpoint).is_file():
         raise CkmError(f"--checkpoint {checkpoint} is not a file: pass the checkpoint.pt of a run folder")
+    if weights and checkpoint:
+        raise CkmError("--weights and --checkpoint both given: pass one (--weights: the authors' file; "
+                       "--checkpoint: a ckmbench run's)")
     resolve_device(device)
     reg = registry()
     methods = reg.names("methods") if methods == ["all"] else methods
@@ -195,6 +204,13 @@ def run(method, task, dataset, train_dataset, profile, seed, device, data_root, 
         tasks = [variant_name(t, protocol) for t in tasks]
     for name in methods:
         reg.method(name)
+    if weights:  # one file is one method's network
+        from .weights_import import check_weights_request
+
+        if len(methods) != 1:
+            raise CkmError(f"--weights loads one method's network, but {len(methods)} methods were given: "
+                           f"pass one with -m")
+        check_weights_request(reg.method(methods[0]), profile, weights)
     for name in tasks:
         reg.task(name)
     reg.dataset(dataset)
@@ -224,7 +240,8 @@ def run(method, task, dataset, train_dataset, profile, seed, device, data_root, 
                       runs_dir=runs_dir, max_test=max_test, time_budget_s=time_budget, checkpoint=checkpoint,
                       refit=refit, restart=restart, resume=resume, progress=not no_progress and launcher == "inline",
                       fid=fid, hparams=per_method[m],
-                      shard=shard_t, loader_workers=loader_workers)
+                      shard=shard_t, loader_workers=loader_workers, weights=weights,
+                      save_predictions=save_predictions)
             for m, t in pairs for sd in seed_list]
     if launcher != "inline":
         _launch(cfgs, launcher, jobs, launcher_config, wait, store_file)

@@ -162,6 +162,11 @@ class RunConfig:
     pending: bool = False
     # skip the run when the store (or its pending folder) holds a done record of its config hash
     resume: bool = False
+    # a checkpoint published by the method's authors, loaded through its key map instead of a
+    # fit (paper profile only; ckmbench.weights_import, docs/weights.md)
+    weights: str | None = None
+    # write every scored prediction as <scene>_<tx>.npy (path gain in dB) into this folder
+    save_predictions: str | None = None
 
 
 @dataclass
@@ -304,6 +309,18 @@ def _save_examples(store_file: Path, record_id: str, test, pred, target, observa
     return rel.as_posix()
 
 
+def save_predictions_db(folder: Path, test, pred: torch.Tensor) -> None:
+    """Each prediction as ``<scene>_<tx>.npy``: path gain in dB on the map's own gain range,
+    the names and unit ``ckmbench evaluate --npy-unit db`` reads back."""
+    from .data.sample import denormalize
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (scene, tx) in enumerate(zip(test.scene, test.tx_index)):
+        buf = io.BytesIO()
+        np.save(buf, denormalize(pred[i, 0].numpy(), test.gain_range[i]).astype(np.float32))
+        atomic_write_bytes(folder / f"{scene}_{int(tx)}.npy", buf.getvalue())
+
+
 def _clean(values: dict) -> dict:
     out = {}
     for k, v in values.items():
@@ -328,6 +345,13 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
     prep = prepare(cfg, reg)
     workers = loader_workers(cfg)
     spec = prep.spec
+    imported = None  # (method, fit field): the authors' weights, loaded before any work (or refused)
+    if cfg.weights:
+        from .weights_import import check_weights_request, import_weights
+
+        check_weights_request(spec, cfg.profile, cfg.weights)
+        preloaded = spec.factory(cfg.profile, prep.hparams)
+        imported = preloaded, import_weights(preloaded, cfg.weights, prep.train_task, prep.device)
     dist, version = reg.method_version(spec.name)
     record_id = uuid.uuid4().hex
     train_name = cfg.train_dataset or cfg.dataset
@@ -337,6 +361,8 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         "train_dataset": train_name, "train_dataset_hash": train_hash, "profile": cfg.profile,
         "hparams": prep.hparams, "seed": cfg.seed, "max_test": cfg.max_test,
     }
+    if imported:  # another network than the fit of the same settings: another config
+        config["weights_sha256"] = imported[1]["weights_sha256"]
     chash = config_hash({**config, "protocol_version": base_provenance(prep.device)["protocol_version"]})
     if cfg.resume:
         from .pending import finished_record
@@ -385,14 +411,16 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
     stage = "building the method"  # where plugin code was when it failed: named in the record
     watch = _SigintWatch().__enter__()
     try:
-        method = spec.factory(cfg.profile, prep.hparams)
+        method = imported[0] if imported else spec.factory(cfg.profile, prep.hparams)
         stage = "fit"
         empty = prep.test.take([])
         train = TaskData(prep.train if prep.train is not None else empty, prep.train_task, cfg.seed)
         val = TaskData(prep.val if prep.val is not None else empty, prep.train_task, cfg.seed)
         with PeakMemory(prep.device) as peak:
             t0 = time.perf_counter()
-            if cfg.checkpoint:
+            if imported:
+                record["fit"] = imported[1]
+            elif cfg.checkpoint:
                 method.load_state_dict(load_checkpoint_file(cfg.checkpoint, map_location=prep.device))
             else:
                 record["fit"] = fit_method(
@@ -420,6 +448,8 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         from .metrics.evaluate import bound_predictions, evaluate
 
         pred, bound_notes = bound_predictions(pred)  # NaN/inf refused; far out of [0, 1] noted, then clamped
+        if cfg.save_predictions:
+            save_predictions_db(Path(cfg.save_predictions), prep.test, pred)
 
         gain_range = torch.from_numpy(prep.test.gain_range.astype(np.float32))
         result = evaluate(pred, target, gain_range, regions, metrics=prep.task.metrics,

@@ -20,9 +20,10 @@ from ckmbench.errors import CkmError
 from ckmbench.fitting import report_fit
 from ckmbench.method import Method
 from ckmbench.training import Trainer, TrainConfig
+from ckmbench.weights_import import KeyGroup, OfficialWeights
 from ckmbench_plugins.diffusion.srdiff import seeded_build
 
-from .wnet import RadioWNet
+from .wnet import RadioWNet, official_renames
 
 # Observation fields a variant may feed the network, in channel order; cars are used where
 # the task provides them (envgen-dynamic) and read as "no cars" (zeros) where it does not.
@@ -95,6 +96,9 @@ class RadioUNet(Method):
     kinds = ("envgen",)
     fields = ("buildings", "tx_map", "cars")  # candidates, in channel order
     required = ("buildings", "tx_map")
+    # `ckmbench run --weights`: the authors' RadioWNet state_dict (docs/weights.md)
+    official_weights = OfficialWeights("RonLevie/RadioUNet lib/modules.py RadioWNet",
+                                       (KeyGroup("RadioWNet", official_renames("net.")),))
 
     def __init__(self, profile: str = "small", hparams: dict | None = None):
         super().__init__(profile, hparams)
@@ -142,6 +146,14 @@ class RadioUNet(Method):
     @staticmethod
     def crop(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return out[..., :like.shape[-2], :like.shape[-1]]
+
+    def import_modules(self, task) -> dict:
+        """The untrained network for ``task`` that ``--weights`` fills (ckmbench.weights_import);
+        the prediction is the second U-Net's, as after the official two-phase training."""
+        self.inputs = self.inputs_for(task)
+        self.net = self.build_net(len(self.inputs))
+        self.output = "u2"
+        return {"net": self.net}
 
     # ------------------------------------------------------------ training
     def phase_loss(self, phase: str):

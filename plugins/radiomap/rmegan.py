@@ -23,11 +23,12 @@ from torch import nn
 from ckmbench.errors import CkmError
 from ckmbench.fitting import report_fit
 from ckmbench.training import AdversarialStep, Trainer
+from ckmbench.weights_import import KeyGroup, OfficialWeights
 from ckmbench_plugins.diffusion.srdiff import seeded_build
 
 from . import gan_losses as L
 from .radiounet import RadioUNet, both_phases, phase_config
-from .wnet import scaled
+from .wnet import official_renames, scaled
 
 PHASES = ("global", "local")
 
@@ -55,6 +56,12 @@ class DCGANDiscriminator(nn.Sequential):
 
 class RMEGAN(RadioUNet):
     name = "rme-gan"
+    # `ckmbench run --weights`: the generator is the official RadioWNet (RME-GAN's lib/modules.py
+    # keeps RadioUNet's names); the discriminator, optional (no prediction uses it), is
+    # lib/EncoderModels.py's Discriminator, whose ``main.<i>`` is our Sequential's ``<i>``.
+    official_weights = OfficialWeights(
+        "achinthaw/RME-GAN lib/modules.py RadioWNet (+ lib/EncoderModels.py Discriminator)",
+        (KeyGroup("generator", official_renames("net.")), KeyGroup("discriminator", (("main.", "disc."),), False)))
 
     def __init__(self, profile: str = "small", hparams: dict | None = None):
         super().__init__(profile, hparams)
@@ -72,6 +79,14 @@ class RMEGAN(RadioUNet):
             b = self.inputs.index("buildings")
             out = out * (1.0 - x[:, b:b + 1])
         return out
+
+    def import_modules(self, task) -> dict:
+        """Generator and discriminator for ``task``; the prediction is the first U-Net's, as
+        the code's ``[fake, _] = netG(inps)``."""
+        modules = super().import_modules(task)
+        self.output = "u1"
+        self.disc = self.build_disc(len(self.inputs))
+        return {**modules, "disc": self.disc}
 
     # ------------------------------------------------------------ the adversarial step
     @staticmethod

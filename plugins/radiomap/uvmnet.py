@@ -21,6 +21,7 @@ from .wnet import FIRST_U, RadioWNet
 
 class UVMNet(RadioUNet):
     name = "uvm-net"
+    official_weights = None  # no published RadioWNet-with-UVMB checkpoint to map
 
     def build_net(self, inputs: int) -> RadioWNet:
         hp = self.hparams

@@ -31,6 +31,12 @@ SECOND_U = ((20, 3, 1, 0), (30, 5, 2, 6), (40, 5, 2, 6), (50, 5, 1, 5), (60, 5, 
             (90, 5, 2, 4), (110, 5, 2, 4), (150, 5, 2, 4))
 HEAD = 20  # channels of the last decoder layers (conv_up0, conv_up00) of both U-Nets
 
+# The official attribute names, in the order of our encoder / decoder lists (the second U-Net's
+# are these with a "W" in front): the key map of the authors' RadioWNet state_dict.
+OFFICIAL_ENCODER = ("layer00", "layer0", "layer1", "layer10", "layer2", "layer20", "layer3", "layer4", "layer5")
+OFFICIAL_DECODER = ("conv_up5", "conv_up4", "conv_up3", "conv_up20", "conv_up2", "conv_up10", "conv_up1", "conv_up0")
+OFFICIAL_HEADS = ("conv_up00", "conv_up000")
+
 
 def conv_relu(cin: int, cout: int, k: int, pool: int = 1) -> nn.Sequential:
     layers = [nn.Conv2d(cin, cout, k, padding=(k - 1) // 2), nn.ReLU(inplace=True)]
@@ -109,3 +115,16 @@ class RadioWNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out1 = self.u1(x)
         return out1, self.u2(self.second_input(out1, x))
+
+
+def official_renames(prefix: str = "net.") -> tuple[tuple[str, str], ...]:
+    """(official prefix, ours) for every layer of the authors' ``RadioWNet`` (RonLevie/RadioUNet,
+    lib/modules.py): ``layer00 … layer5`` -> ``u1.encoder.0 … 8``, ``conv_up5 … conv_up0`` ->
+    ``u1.decoder.0 … 7``, ``conv_up00``/``conv_up000`` -> ``u1.head1``/``head2``, and the same
+    names with a leading ``W`` -> ``u2``. Both codes wrap each conv in a Sequential at index 0."""
+    pairs = []
+    for official, ours in (("", "u1"), ("W", "u2")):
+        pairs += [(f"{official}{n}.", f"{prefix}{ours}.encoder.{i}.") for i, n in enumerate(OFFICIAL_ENCODER)]
+        pairs += [(f"{official}{n}.", f"{prefix}{ours}.decoder.{i}.") for i, n in enumerate(OFFICIAL_DECODER)]
+        pairs += [(f"{official}{n}.", f"{prefix}{ours}.{h}.") for n, h in zip(OFFICIAL_HEADS, ("head1", "head2"))]
+    return tuple(pairs)

@@ -23,6 +23,7 @@ from torch import nn
 
 from ckmbench.errors import CkmError
 from ckmbench.training import AdversarialStep, Trainer, TrainConfig
+from ckmbench.weights_import import KeyGroup, OfficialWeights
 from ckmbench_plugins.diffusion.srdiff import pad_to_multiple
 
 from .common import LearnedBaseline, bce_logits, upsampled
@@ -115,6 +116,12 @@ class PatchGAN(nn.Module):
 class CGANMethod(LearnedBaseline):
     name = "cgan"
     trainer_name = "generator"
+    # `ckmbench run --weights`: a pix2pix generator's state_dict (latest_net_G.pth of a
+    # --netG unet_256 --norm batch run). UnetGenerator and UnetBlock keep pix2pix's layout
+    # (``model`` -> the outermost block, its ``model`` Sequential with the next block at
+    # index 1, ...), so the keys are pix2pix's with our ``net.`` in front (docs/weights.md).
+    official_weights = OfficialWeights("junyanz/pytorch-CycleGAN-and-pix2pix models/networks.py UnetGenerator",
+                                       (KeyGroup("generator", (("model.", "net.model."),)),))
 
     def configure(self, task) -> dict:
         kind = getattr(task, "kind", None)
@@ -129,6 +136,12 @@ class CGANMethod(LearnedBaseline):
         hp = self.hparams
         return UnetGenerator(len(self.meta["fields"]), 1, int(hp["num_downs"]), int(hp["ngf"]),
                              bool(hp.get("dropout", True)))
+
+    def import_modules(self, task) -> dict:
+        """The untrained generator for ``task`` that ``--weights`` fills (ckmbench.weights_import)."""
+        self.meta = self.configure(task)
+        self.net = self.build_net()
+        return {"net": self.net}
 
     def variant(self) -> str:
         return f"pix2pix U-Net ({self.hparams['num_downs']} downs, ngf {self.hparams['ngf']}) + 70x70 PatchGAN"
