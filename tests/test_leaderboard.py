@@ -239,7 +239,7 @@ def test_bad_input_errors(records, tmp_path, reported):
 
 def test_default_reported_csv_builds(tmp_path, monkeypatch):
     # 13 bar charts would dominate this file's run time; charts are covered above.
-    monkeypatch.setattr(leaderboard, "_bar_chart", lambda *args: PNG_MAGIC)
+    monkeypatch.setattr(leaderboard.charts, "_bar_chart", lambda *args: PNG_MAGIC)
     written = build_leaderboards([], tmp_path / "lb", tmp_path)
     text = (tmp_path / "lb" / "radiomapseer-dpm" / "inpaint.md").read_text()
     assert REPORTED_HEADING in text and "CKMDiff (Fu et al.)" in text and "ckmdiff" in text
@@ -339,8 +339,8 @@ def test_incremental_rebuild_renders_only_changed_tables_same_bytes(records, tmp
     changed = records + [make_record("idw", dataset="town", task="inpaint", metrics={"mse": 0.5},
                                      date="2026-11-21T10:00:00+00:00")]
     rendered = []
-    real = leaderboard._board_markdown
-    monkeypatch.setattr(leaderboard, "_board_markdown", lambda board, *a: rendered.append(board.task) or real(board, *a))
+    real = leaderboard.build._board_markdown
+    monkeypatch.setattr(leaderboard.build, "_board_markdown", lambda board, *a: rendered.append(board.task) or real(board, *a))
     inc = _build(changed, tmp_path, reported, out="inc")
     assert rendered == ["inpaint"]  # town/inpaint only; city/sr4 and other/inpaint untouched
     full = _build(changed, tmp_path, reported, out="full", incremental=False)

@@ -1,0 +1,118 @@
+"""build_leaderboards: records -> the files of a leaderboard folder (incremental, atomic, pruned)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import CkmError
+from ..results import atomic_write_bytes
+from .charts import _metrics_figure
+from .examples import _examples_figure, _row_examples
+from .manifest import MANIFEST, _board_inputs_hash, _code_fingerprint, _read_manifest
+from .markdown import _PREAMBLE, _board_markdown, _index_markdown
+from .reported import load_reported
+from .table import _SAFE_NAME, Board, _attach_protocol_rows, _group_boards
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Atomic write that leaves an identical file untouched (keeps mtimes stable)."""
+    if path.is_file() and path.read_bytes() == data:
+        return
+    atomic_write_bytes(path, data)
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse to clean a folder that is not a generated leaderboard (e.g. --out pointed at docs/)."""
+    if not out_dir.is_dir():
+        return
+    readme = out_dir / "README.md"
+    ours = readme.is_file() and readme.read_text("utf-8", errors="replace").startswith(_PREAMBLE)
+    foreign = any(p.suffix in (".md", ".png") and p.is_file() for p in out_dir.rglob("*"))
+    if foreign and not ours:
+        raise CkmError(f"leaderboard folder {out_dir} holds .md/.png files that ckmbench did not generate: "
+                       "choose an empty folder (default leaderboards/)")
+
+
+def _stale_tables(out_dir: Path, boards: list["Board"]) -> list[str]:
+    """Tables (.md) under ``out_dir`` that this build would not produce."""
+    if not out_dir.is_dir():
+        return []
+    keep = {(out_dir / b.dataset / f"{b.task}.md").resolve() for b in boards} | {(out_dir / "README.md").resolve()}
+    return sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*.md")
+                  if p.is_file() and p.resolve() not in keep)
+
+
+def _remove_stale(out_dir: Path, keep: set[Path]) -> None:
+    for path in sorted(out_dir.rglob("*")):
+        if path.suffix in (".md", ".png") and path.is_file() and path.resolve() not in keep:
+            path.unlink()
+    for folder in sorted((p for p in out_dir.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def build_leaderboards(records: list[dict], out_dir: Path, store_dir: Path,
+                       reported_csv: Path | None = None, prune: bool = False, allow_mixed: bool = False,
+                       incremental: bool = True) -> list[Path]:
+    """Rebuild ``out_dir`` from the records; returns the files of the leaderboard, sorted.
+
+    ``store_dir`` is the folder of the results store (``examples`` paths are relative to it);
+    ``reported_csv`` defaults to the package's reference/reported.csv. Tables under ``out_dir``
+    that the records no longer give are an error listing them, or deleted with ``prune``.
+    ``incremental``: tables whose inputs are unchanged since the last build (``.manifest.json``)
+    are not re-rendered; the bytes are the same as a full rebuild's.
+    """
+    out_dir, store_dir = Path(out_dir), Path(store_dir)
+    _check_out_dir(out_dir)
+    reported = load_reported(reported_csv)
+    reported_name = "ckmbench/reference/reported.csv" if reported_csv is None else Path(reported_csv).name
+    boards = _group_boards(list(records), allow_mixed)
+    for (dataset, task), part in reported.groupby(["dataset_id", "task_id"], sort=True):
+        if not (_SAFE_NAME.match(dataset) and _SAFE_NAME.match(task)):
+            raise CkmError(f"reported numbers: dataset_id/task_id {dataset!r}/{task!r} cannot be a file name: fix the CSV")
+        boards.setdefault((dataset, task), Board(dataset, task)).reported = part
+    _attach_protocol_rows(boards, reported)
+    ordered = [boards[k] for k in sorted(boards)]
+    stale = _stale_tables(out_dir, ordered)
+    if stale and not prune:
+        shown = ", ".join(stale[:8]) + (f" and {len(stale) - 8} more" if len(stale) > 8 else "")
+        raise CkmError(f"this store ({len(records)} records) would delete {len(stale)} table(s) of {out_dir}: {shown}; "
+                       "check --store, or pass --prune to delete them")
+
+    code = _code_fingerprint()
+    old_manifest = _read_manifest(out_dir) if incremental else {}
+    manifest: dict[str, dict] = {}
+    written: list[Path] = []
+    for board in ordered:
+        folder = out_dir / board.dataset
+        key = f"{board.dataset}/{board.task}"
+        digest = _board_inputs_hash(board, store_dir, reported_name, code)
+        before = old_manifest.get(key) or {}
+        files = [out_dir / f for f in before.get("files", [])]
+        if before.get("inputs") == digest and files and all(f.is_file() for f in files):
+            manifest[key] = before  # unchanged inputs: the files already hold this table
+            written += files
+            continue
+        figure = _metrics_figure(board)
+        found, missing = _row_examples(board, store_dir)
+        examples = _examples_figure(board, found)
+        if figure is not None:
+            _write(folder / f"{board.task}.png", figure)
+            written.append(folder / f"{board.task}.png")
+        if examples is not None:
+            _write(folder / f"{board.task}_examples.png", examples)
+            written.append(folder / f"{board.task}_examples.png")
+        text = _board_markdown(board, f"{board.task}.png" if figure else None,
+                               f"{board.task}_examples.png" if examples else None, reported_name, missing)
+        _write(folder / f"{board.task}.md", text.encode("utf-8"))
+        written.append(folder / f"{board.task}.md")
+        made = [f"{board.dataset}/{board.task}{suffix}" for suffix, ok in
+                ((".png", figure is not None), ("_examples.png", examples is not None), (".md", True)) if ok]
+        manifest[key] = {"inputs": digest, "files": made}
+    _write(out_dir / "README.md", _index_markdown(ordered).encode("utf-8"))
+    written.append(out_dir / "README.md")
+    _write(out_dir / MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+    written.append(out_dir / MANIFEST)
+    _remove_stale(out_dir, {p.resolve() for p in written})
+    return sorted(written)
