@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -326,7 +327,8 @@ def evaluate(task, dataset, predictions, name, npy_unit, data_root, store, recor
               help="Results store (default $CKMBENCH_STORE, else your user store); the committed leaderboards "
                    "come from --store results/records.jsonl --out leaderboards.")
 @click.option("--out", default=None, type=click.Path(),
-              help="Leaderboard folder (default: <your user folder>/leaderboards, never the committed one).")
+              help="Leaderboard folder (default $CKMBENCH_LEADERBOARDS, else <your user folder>/leaderboards, "
+                   "never the committed one).")
 @click.option("--prune", is_flag=True, help="Delete the tables of the folder that the store no longer has.")
 @click.option("--allow-mixed", is_flag=True,
               help="Allow rows computed on different versions (content hashes) of a dataset in one table.")
@@ -340,7 +342,7 @@ def leaderboard(store, out, prune, allow_mixed, full):
 
     path = store_path(store)
     records = read_records(path, missing_ok=False)
-    out_dir = Path(out) if out else user_dir() / "leaderboards"
+    out_dir = Path(out or os.environ.get("CKMBENCH_LEADERBOARDS") or user_dir() / "leaderboards")
     reported = Path(str(resources.files("ckmbench") / "reference" / "reported.csv"))
     written = build_leaderboards(records, out_dir, path.parent, reported, prune=prune, allow_mixed=allow_mixed,
                                  incremental=not full)

@@ -268,6 +268,8 @@ def _save_examples(store_file: Path, record_id: str, test, pred, target, observa
         "keys": np.array([test[int(i)].key for i in idx]),
         "truth": _uint8(target[idx, 0].numpy()),
         "prediction": _uint8(pred[idx, 0].numpy()),
+        # (g_min, g_max) dB of each map, so the leaderboard's example grids can be drawn in dB
+        "gain_range": np.array([test[int(i)].gain_range for i in idx], np.float32),
     }
     if observations and all(o is not None for o in observations):
         obs = torch.cat(observations)[idx, 0].numpy()

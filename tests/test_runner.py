@@ -111,6 +111,7 @@ def test_bilinear_sr4_end_to_end(tmp_path):
     with np.load(tmp_path / rec["examples"]) as z:
         assert z["truth"].dtype == np.uint8 and z["prediction"].shape == z["truth"].shape
         assert z["observation"].shape[1] == 8  # 32 / 4
+        assert z["gain_range"].shape == (len(z["truth"]), 2)  # the leaderboard draws examples in dB
 
 
 def test_same_run_twice_gives_identical_metrics(tmp_path):

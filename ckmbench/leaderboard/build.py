@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from ..errors import CkmError
@@ -20,6 +22,44 @@ def _write(path: Path, data: bytes) -> None:
     if path.is_file() and path.read_bytes() == data:
         return
     atomic_write_bytes(path, data)
+
+
+def _render(board: Board, store_dir: Path, reported_name: str) -> dict[str, bytes]:
+    """One table's files, by name suffix (".png", "_examples.png", ".md"): a worker's job."""
+    files: dict[str, bytes] = {}
+    figure = _metrics_figure(board)
+    if figure is not None:
+        files[".png"] = figure
+    found, missing = _row_examples(board, store_dir)
+    examples = _examples_figure(board, found)
+    if examples is not None:
+        files["_examples.png"] = examples
+    text = _board_markdown(board, f"{board.task}.png" if figure else None,
+                           f"{board.task}_examples.png" if examples else None, reported_name, missing)
+    files[".md"] = text.encode("utf-8")
+    return files
+
+
+def default_jobs() -> int:
+    """The CPUs this process may run on (its affinity mask), as ckmbench's other pools count them."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _render_all(boards: list[Board], store_dir: Path, reported_name: str, jobs: int | None) -> list[dict[str, bytes]]:
+    """Render the tables, in processes when there are several (matplotlib holds the GIL); the
+    largest tables are started first so that no worker is left with a big one at the end."""
+    jobs = min(len(boards), jobs or default_jobs())
+    if jobs <= 1:
+        return [_render(board, store_dir, reported_name) for board in boards]
+    import matplotlib.figure  # noqa: F401  imported once here, shared by the forked workers
+
+    order = sorted(range(len(boards)), key=lambda i: -len(boards[i].rows))
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = {i: pool.submit(_render, boards[i], store_dir, reported_name) for i in order}
+        return [futures[i].result() for i in range(len(boards))]
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -54,14 +94,15 @@ def _remove_stale(out_dir: Path, keep: set[Path]) -> None:
 
 def build_leaderboards(records: list[dict], out_dir: Path, store_dir: Path,
                        reported_csv: Path | None = None, prune: bool = False, allow_mixed: bool = False,
-                       incremental: bool = True) -> list[Path]:
+                       incremental: bool = True, jobs: int | None = None) -> list[Path]:
     """Rebuild ``out_dir`` from the records; returns the files of the leaderboard, sorted.
 
     ``store_dir`` is the folder of the results store (``examples`` paths are relative to it);
     ``reported_csv`` defaults to the package's reference/reported.csv. Tables under ``out_dir``
     that the records no longer give are an error listing them, or deleted with ``prune``.
     ``incremental``: tables whose inputs are unchanged since the last build (``.manifest.json``)
-    are not re-rendered; the bytes are the same as a full rebuild's.
+    are not re-rendered; the bytes are the same as a full rebuild's. ``jobs``: processes that
+    render tables side by side (default: the CPUs this process may use; 1 renders in-process).
     """
     out_dir, store_dir = Path(out_dir), Path(store_dir)
     _check_out_dir(out_dir)
@@ -84,8 +125,8 @@ def build_leaderboards(records: list[dict], out_dir: Path, store_dir: Path,
     old_manifest = _read_manifest(out_dir) if incremental else {}
     manifest: dict[str, dict] = {}
     written: list[Path] = []
+    todo: dict[str, tuple[Board, str]] = {}
     for board in ordered:
-        folder = out_dir / board.dataset
         key = f"{board.dataset}/{board.task}"
         digest = _board_inputs_hash(board, store_dir, reported_name, code)
         before = old_manifest.get(key) or {}
@@ -93,22 +134,16 @@ def build_leaderboards(records: list[dict], out_dir: Path, store_dir: Path,
         if before.get("inputs") == digest and files and all(f.is_file() for f in files):
             manifest[key] = before  # unchanged inputs: the files already hold this table
             written += files
-            continue
-        figure = _metrics_figure(board)
-        found, missing = _row_examples(board, store_dir)
-        examples = _examples_figure(board, found)
-        if figure is not None:
-            _write(folder / f"{board.task}.png", figure)
-            written.append(folder / f"{board.task}.png")
-        if examples is not None:
-            _write(folder / f"{board.task}_examples.png", examples)
-            written.append(folder / f"{board.task}_examples.png")
-        text = _board_markdown(board, f"{board.task}.png" if figure else None,
-                               f"{board.task}_examples.png" if examples else None, reported_name, missing)
-        _write(folder / f"{board.task}.md", text.encode("utf-8"))
-        written.append(folder / f"{board.task}.md")
-        made = [f"{board.dataset}/{board.task}{suffix}" for suffix, ok in
-                ((".png", figure is not None), ("_examples.png", examples is not None), (".md", True)) if ok]
+        else:
+            todo[key] = (board, digest)
+    rendered = _render_all([board for board, _ in todo.values()], store_dir, reported_name, jobs)
+    for (key, (board, digest)), files in zip(todo.items(), rendered):
+        made = []
+        for suffix, data in files.items():
+            path = out_dir / board.dataset / f"{board.task}{suffix}"
+            _write(path, data)
+            written.append(path)
+            made.append(f"{board.dataset}/{board.task}{suffix}")
         manifest[key] = {"inputs": digest, "files": made}
     _write(out_dir / "README.md", _index_markdown(ordered).encode("utf-8"))
     written.append(out_dir / "README.md")
