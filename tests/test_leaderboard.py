@@ -463,3 +463,79 @@ def test_leaderboard_folder_from_environment(records, tmp_path, monkeypatch):
     cli.main(["leaderboard", "--store", str(store)])
     assert (tmp_path / "mine" / "town" / "inpaint.md").is_file()
 
+
+# ----------------------------------------------------------------------------- rows that say what they are
+
+def _with_fit(record: dict, **fit) -> dict:
+    record["fit"] = {"source": "trained", "key": "k0", "complete": True, "budget_reached": False, **fit}
+    return record
+
+
+def test_partial_fit_is_labelled_ranked_last_and_never_bold(tmp_path, reported):
+    recs = [_with_fit(make_record("cdiff", metrics={"mse": 0.001}), key="k1", complete=False, budget_reached=True,
+                      steps_done=14, steps_planned=4000),
+            make_record("bilinear", metrics={"mse": 0.02})]
+    _build(recs, tmp_path, reported, jobs=1)
+    text = (tmp_path / "lb" / "city" / "sr4.md").read_text()
+    header, *rows = _table_rows(text, "method")
+    assert [r[0] for r in rows] == ["bilinear", "cdiff (partial: 14 / 4,000 steps)"]
+    by = _main_rows(text)
+    assert by["bilinear"]["mse ↓"] == "**0.02000**" and by["cdiff (partial: 14 / 4,000 steps)"]["mse ↓"] == "0.001000"
+    assert "cdiff (partial: 14 / 4,000 steps) [tiny]: the fit stopped before its planned steps" in text
+
+
+def test_rows_with_identical_scores_name_the_row_they_equal(tmp_path, reported):
+    same = {"mse": 0.03, "psnr": 15.0}
+    retrained = {"mse": 0.03 * (1 + 2e-7), "psnr": 15.0 * (1 - 1e-7)}  # the same network, another float rounding
+    recs = [make_record("nearest", metrics=retrained), make_record("identity", metrics=dict(same)),
+            make_record("bilinear", metrics={"mse": 0.03 * 1.001, "psnr": 15.0})]
+    _build(recs, tmp_path, reported, jobs=1)
+    text = (tmp_path / "lb" / "city" / "sr4.md").read_text()
+    assert set(_main_rows(text)) == {"bilinear", "identity", "nearest (= identity [tiny])"}
+    assert "- nearest [tiny] equals identity [tiny]: every metric agrees to 5 significant digits" in text
+
+
+def test_reused_fit_names_its_training_run_and_notes_are_true(tmp_path, reported):
+    trained = _with_fit(make_record("cgdm", task="sr8", kind="diffusion", metrics={"mse": 0.01},
+                                    date="2026-11-19T09:00:00+00:00"), key="kk", train_s=1234.0)
+    trained["git_commit"] = "abcdef123456789"
+    reused = _with_fit(make_record("cgdm", kind="diffusion", metrics={"mse": 0.01},
+                                   cost={"params": 10, "train_s": 1234.0, "infer_s_per_map": 0.1,
+                                         "sampling_steps": 25, "peak_mem_mb": None}),
+                       key="kk", source="cache", train_s=1234.0)
+    transfer = make_record("cdiff", train_dataset="town", metrics={"mse": 0.04})
+    _build([trained, reused, transfer, make_record("bilinear")], tmp_path, reported, jobs=1)
+    text = (tmp_path / "lb" / "city" / "sr4.md").read_text()
+    assert _main_rows(text)["cgdm"]["train_s"] == "fit reused (trained in 1234 s at commit abcdef1234)"
+    assert "not trained on any data" not in text
+    assert "learned rows without it are trained on city's own training split" in text
+    assert _main_rows((tmp_path / "lb" / "city" / "sr8.md").read_text())["cgdm"]["train_s"] == "0.00"
+
+
+def test_names_with_pipes_and_newlines_stay_on_one_table_line(tmp_path, reported):
+    rec = make_record("odd", metrics={"mse": 0.02})
+    rec["overrides"] = {"note": "a|b\nc"}
+    _build([rec], tmp_path, reported, jobs=1)
+    text = (tmp_path / "lb" / "city" / "sr4.md").read_text()
+    line = next(l for l in text.splitlines() if l.startswith("| odd"))
+    assert "odd with note=a\\|b c" in line and line.count(" | ") == len(_table_rows(text, "method")[0]) - 1
+
+
+def test_user_leaderboard_holds_the_users_tables_and_reported_adds_the_papers(records, tmp_path, monkeypatch, capsys):
+    import json
+
+    from ckmbench import cli
+
+    store = tmp_path / "store" / "records.jsonl"
+    store.parent.mkdir(parents=True, exist_ok=True)
+    store.write_text("".join(json.dumps(r) + "\n" for r in records if r["dataset"] == "town"))
+    monkeypatch.setattr(leaderboard.charts, "_bar_chart", lambda *a, **k: PNG_MAGIC)
+    out = tmp_path / "mine"
+    run = lambda *extra: cli.main(["leaderboard", "--store", str(store), "--out", str(out), *extra])
+    run()
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.md")) == ["README.md", "town/inpaint.md"]
+    run("--reported")
+    assert (out / "radiomapseer-dpm" / "inpaint.md").is_file()
+    with pytest.raises(SystemExit):
+        run()
+    assert "pass --reported to keep them" in capsys.readouterr().err

@@ -94,7 +94,7 @@ def _remove_stale(out_dir: Path, keep: set[Path]) -> None:
 
 def build_leaderboards(records: list[dict], out_dir: Path, store_dir: Path,
                        reported_csv: Path | None = None, prune: bool = False, allow_mixed: bool = False,
-                       incremental: bool = True, jobs: int | None = None) -> list[Path]:
+                       incremental: bool = True, jobs: int | None = None, reported_tables: bool = True) -> list[Path]:
     """Rebuild ``out_dir`` from the records; returns the files of the leaderboard, sorted.
 
     ``store_dir`` is the folder of the results store (``examples`` paths are relative to it);
@@ -103,6 +103,8 @@ def build_leaderboards(records: list[dict], out_dir: Path, store_dir: Path,
     ``incremental``: tables whose inputs are unchanged since the last build (``.manifest.json``)
     are not re-rendered; the bytes are the same as a full rebuild's. ``jobs``: processes that
     render tables side by side (default: the CPUs this process may use; 1 renders in-process).
+    ``reported_tables``: also write the tables that hold only the papers' numbers (no record of
+    the store); ``ckmbench leaderboard`` leaves them out unless ``--reported``.
     """
     out_dir, store_dir = Path(out_dir), Path(store_dir)
     _check_out_dir(out_dir)
@@ -114,12 +116,16 @@ def build_leaderboards(records: list[dict], out_dir: Path, store_dir: Path,
             raise CkmError(f"reported numbers: dataset_id/task_id {dataset!r}/{task!r} cannot be a file name: fix the CSV")
         boards.setdefault((dataset, task), Board(dataset, task)).reported = part
     _attach_protocol_rows(boards, reported)
-    ordered = [boards[k] for k in sorted(boards)]
+    ordered = [boards[k] for k in sorted(boards)
+               if reported_tables or boards[k].rows or boards[k].failures or boards[k].protocol_rows]
     stale = _stale_tables(out_dir, ordered)
     if stale and not prune:
         shown = ", ".join(stale[:8]) + (f" and {len(stale) - 8} more" if len(stale) > 8 else "")
-        raise CkmError(f"this store ({len(records)} records) would delete {len(stale)} table(s) of {out_dir}: {shown}; "
-                       "check --store, or pass --prune to delete them")
+        paper_only = [s for s in stale if tuple(s[:-len(".md")].split("/", 1)) in boards]
+        hint = (f" ({len(paper_only)} of them hold only the papers' numbers: pass --reported to keep them)"
+                if paper_only and not reported_tables else "")
+        raise CkmError(f"this store ({len(records)} records) would delete {len(stale)} table(s) of {out_dir}: {shown}"
+                       f"{hint}; check --store, or pass --prune to delete them")
 
     code = _code_fingerprint()
     old_manifest = _read_manifest(out_dir) if incremental else {}

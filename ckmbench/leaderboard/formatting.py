@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pandas as pd
 
@@ -68,8 +69,15 @@ def _short(text: str | None, n: int) -> str:
     return (text or "?")[:n]
 
 
+def _md_text(text: str) -> str:
+    """A name or label as one line of markdown: line breaks become spaces, pipes are escaped
+    (a method name or --set value with either would break a table row or a list item)."""
+    return re.sub(r"[ \t]*[\r\n]+[ \t]*", " ", str(text)).replace("|", "\\|")
+
+
 def _markdown_table(frame: pd.DataFrame) -> str:
-    """GitHub table of string cells, exactly as formatted (no number re-parsing, pipes escaped)."""
-    frame = frame.map(lambda cell: str(cell).replace("|", "\\|"))
-    frame.columns = [str(c).replace("|", "\\|") for c in frame.columns]
+    """GitHub table of string cells, exactly as formatted (no number re-parsing, one line per
+    cell, pipes escaped)."""
+    frame = frame.map(_md_text)
+    frame.columns = [_md_text(c) for c in frame.columns]
     return frame.to_markdown(index=False, tablefmt="github", disable_numparse=True)

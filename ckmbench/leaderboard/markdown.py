@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .formatting import (HEADLINE_METRICS, HIGHER_IS_BETTER, NOT_APPLICABLE, _format_cost, _markdown_table,
+from .formatting import (HEADLINE_METRICS, HIGHER_IS_BETTER, NOT_APPLICABLE, _format_cost, _markdown_table, _md_text,
                          _one_line, _short, format_sig, metric_header)
 from .reported import PROTOCOL_HEADING, REPORTED_HEADING, REPRODUCED_MARK, _reported_table
 from .table import Board, Row, _is_learned, _join_range, _parse_date, ranking_metric
@@ -29,18 +29,23 @@ def _metric_cell(row: Row, name: str, best: str | None) -> str:
 
 def _reproduced_table(board: Board, metrics: list[str], costs: list[str]) -> pd.DataFrame:
     best: dict[str, str] = {}
+    # a partial fit is never bold against complete rows
+    contenders = [r for r in board.rows if not r.partial] or board.rows
     for name in metrics:
-        values = [r.metrics[name] for r in board.rows if r.metrics.get(name) is not None]
+        values = [r.metrics[name] for r in contenders if r.metrics.get(name) is not None]
         if values:
             pick = max(values) if name.split("@")[0] in HIGHER_IS_BETTER else min(values)
             best[name] = format_sig(pick)
     body = []
     for row in board.rows:
-        cells = [row.label, row.profile, row.n_test, str(len(row.records))]
+        label = row.label + (f" (= {row.equals})" if row.equals else "")
+        cells = [label, row.profile, row.n_test, str(len(row.records))]
         if board.mixed_hashes:
             cells.append(", ".join(sorted({_short(r.get("dataset_hash"), 12) for r in row.records})))
-        cells += [_metric_cell(row, name, best.get(name)) for name in metrics]
-        cells += [_format_cost(c, row.cost.get(c)) for c in costs]
+        cells += [_metric_cell(row, name, best.get(name) if (not row.partial or contenders is board.rows) else None)
+                  for name in metrics]
+        cells += [row.reused_fit if c == "train_s" and row.reused_fit else _format_cost(c, row.cost.get(c))
+                  for c in costs]
         body.append(cells)
     header = ["method", "profile", "N", "seeds"] + (["data version"] if board.mixed_hashes else []) + \
         [metric_header(m) for m in metrics] + list(costs)
@@ -80,7 +85,7 @@ def _provenance(board: Board) -> list[str]:
     lines.append("- records behind each row (id, seed):")
     for row in board.rows:
         ids = ", ".join(f"{_short(r['record_id'], 8)} (seed {r['seed']})" for r in row.records)
-        lines.append(f"  - {row.full_label}: {ids}")
+        lines.append(f"  - {_md_text(row.full_label)}: {ids}")
     return lines
 
 
@@ -88,10 +93,22 @@ def _notes(board: Board, extra: list[str]) -> list[str]:
     lines = []
     for row in board.rows:
         if row.in_sample:
-            lines.append(f"- {row.method} [{row.profile}] is in-sample, not a fair comparison: {row.in_sample}")
-    if any(not row.learned for row in board.rows) and any(r.train_dataset != r.dataset for r in board.rows
-                                                              if r.learned):
-        lines.append("- methods without \"fitted on\" are not trained on any data")
+            lines.append(f"- {_md_text(row.method)} [{row.profile}] is in-sample, not a fair comparison: {row.in_sample}")
+    if any(r.train_dataset != r.dataset for r in board.rows if r.learned):
+        lines.append(f"- \"fitted on X\": a learned method trained on dataset X and scored on {board.dataset}; "
+                     f"learned rows without it are trained on {board.dataset}'s own training split, and "
+                     "classical methods (no parameters to fit) are not trained")
+    for row in board.rows:
+        if row.partial:
+            lines.append(f"- {_md_text(row.full_label)}: the fit stopped before its planned steps (a time budget), "
+                         "so the row is ranked after every complete row and never bold against them")
+        if row.equals:
+            lines.append(f"- {_md_text(row.full_label)} equals {_md_text(row.equals)}: every metric agrees to "
+                         "5 significant digits or more, i.e. the same predictions up to float rounding (the same "
+                         "network trained on the same batches, or the same operation), not independent evidence")
+    if any(row.reused_fit for row in board.rows):
+        lines.append("- \"fit reused\" in train_s: the run loaded a stored fit (cache or shipped); the seconds "
+                     "are what training it cost when it was made, not this run's cost")
     if board.cost_columns:
         lines.append(f"- {NOT_APPLICABLE} in a cost column: the figure does not apply (no training: no train_s)")
     conventions = sorted({(key[: -len("_convention")], str(text))
@@ -101,11 +118,11 @@ def _notes(board: Board, extra: list[str]) -> list[str]:
         lines.append(f"- `{name}` of the paper-protocol rows is scored the paper's way: {_one_line(text)}")
     reasons = sorted({(name, why) for row in board.rows for name, why in row.unavailable.items() if why})
     for name, why in reasons:
-        who = ", ".join(row.full_label for row in board.rows if row.unavailable.get(name) == why)
+        who = ", ".join(_md_text(row.full_label) for row in board.rows if row.unavailable.get(name) == why)
         lines.append(f"- {name} n/a for {who}: {why}")
     for r in board.failures:
         train = r.get("train_dataset") or r["dataset"]
-        label = r["method"] + (f", fitted on {train}" if train != r["dataset"] and _is_learned(r) else "")
+        label = _md_text(r["method"]) + (f", fitted on {train}" if train != r["dataset"] and _is_learned(r) else "")
         lines.append(f"- {label} [{r['profile']}], seed {r['seed']}: **{r['status']}** "
                      f"({_short(r['record_id'], 8)}, {r['date']}): {_one_line(r.get('message')) or 'no message'}")
     lines += extra

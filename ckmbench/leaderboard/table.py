@@ -16,6 +16,7 @@ from .formatting import (BASE_METRICS, COST_COLUMNS, HEADLINE_METRICS, HIGHER_IS
                          _finite, _one_line, _short)
 
 PROFILE_ORDER = ("tiny", "small", "paper")
+EQUAL_REL_TOL = 1e-5  # rows whose every metric agrees this closely are the same predictions
 _REQUIRED = ("record_id", "status", "method", "task", "dataset", "profile", "seed", "date")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+@-]*$")
 
@@ -38,6 +39,9 @@ class Row:
     variant: str = ""  # the --set overrides of the run ("aft=false"), "" for the profile as it is
     learned: bool = True
     in_sample: str = ""  # why the row is scored on data the method was calibrated on
+    partial: str = ""  # "partial: 14 / 4,000 steps" when a fit stopped early (budget): never ranked above complete rows
+    reused_fit: str = ""  # "fit reused (trained in N s at commit X)": train_s is not this run's cost
+    equals: str = ""  # full label of an earlier row with the very same scores (the same predictions)
 
     @property
     def label(self) -> str:
@@ -46,6 +50,8 @@ class Row:
             name = f"{name} with {self.variant}"
         if self.learned and self.train_dataset != self.dataset:
             name = f"{name}, fitted on {self.train_dataset}"
+        if self.partial:
+            name = f"{name} ({self.partial})"
         return f"{name} (in-sample)" if self.in_sample else name
 
     @property
@@ -57,11 +63,12 @@ class Row:
         return _join_range([r.get("n_test") for r in self.records])
 
 
-def _join_range(values: list) -> str:
+def _join_range(values: list, thousands: bool = False) -> str:
     present = sorted({int(v) for v in values if v is not None})
     if not present:
         return ""
-    return str(present[0]) if len(present) == 1 else f"{present[0]}–{present[-1]}"
+    text = (lambda v: f"{v:,}") if thousands else str
+    return text(present[0]) if len(present) == 1 else f"{text(present[0])}–{text(present[-1])}"
 
 
 def _parse_date(record: dict) -> datetime:
@@ -151,7 +158,58 @@ def _make_row(key: tuple[str, str, str, str], dataset: str, records: list[dict])
             row.notes_n[name] = [int(n) for n in ns if isinstance(n, (int, float))]
     for name in COST_COLUMNS:
         row.cost[name] = _mean([(r.get("cost") or {}).get(name) for r in records])
+    row.partial = _partial(records)
     return row
+
+
+def _partial(records: list[dict]) -> str:
+    """"partial: 14 / 4,000 steps" when a seed's fit stopped before its planned steps (a
+    --time-budget run keeps what it has), else ""."""
+    stopped = [r["fit"] for r in records if isinstance(r.get("fit"), dict)
+               and (r["fit"].get("budget_reached") or r["fit"].get("complete") is False)]
+    if not stopped:
+        return ""
+    count = lambda key: _join_range([f.get(key) for f in stopped], thousands=True) or "?"
+    return f"partial: {count('steps_done')} / {count('steps_planned')} steps"
+
+
+def _describe_reuse(rows: list[Row], trained_by: dict[str, dict]) -> None:
+    """Mark rows whose fit was loaded (cache or shipped), naming where its training time comes from."""
+    for row in rows:
+        fits = [r.get("fit") for r in row.records if isinstance(r.get("fit"), dict)]
+        reused = [f for f in fits if f.get("source") in ("cache", "shipped")]
+        if not fits or len(reused) < len(fits):
+            continue
+        seconds = _mean([f.get("train_s") for f in reused])
+        commits = sorted({_short(trained_by[f["key"]].get("git_commit"), 10) for f in reused
+                          if f.get("key") in trained_by and trained_by[f["key"]].get("git_commit")})
+        shipped = any(f.get("source") == "shipped" for f in reused)
+        when = f" at commit {', '.join(commits)}" if commits else (" (shipped with the plugin)" if shipped else "")
+        took = f"trained in {seconds:.0f} s" if seconds is not None else "training time unknown"
+        row.reused_fit = f"fit reused ({took}{when})"
+
+
+def _mark_equal_rows(rows: list[Row]) -> None:
+    """A row whose every metric agrees with an earlier row's to EQUAL_REL_TOL shows the same
+    predictions up to float rounding (the same network trained on the same batches, e.g. cdiff
+    and cgdm on plain sr4, or the same operation, identity and nearest on SR): it names that row
+    instead of passing as independent evidence. Different methods never agree on every metric
+    to 6 digits."""
+    kept: list[Row] = []
+    for row in rows:
+        values = {k: v for k, v in row.metrics.items() if v is not None}
+        twin = next((other for other in kept if values and other.n_test == row.n_test
+                     and other.profile == row.profile and _same_values(values, other.metrics)), None)
+        if twin is not None:
+            row.equals = twin.full_label
+        else:
+            kept.append(row)
+
+
+def _same_values(values: dict[str, float], other: dict[str, float | None]) -> bool:
+    theirs = {k: v for k, v in other.items() if v is not None}
+    return set(values) == set(theirs) and all(
+        math.isclose(values[k], theirs[k], rel_tol=EQUAL_REL_TOL, abs_tol=1e-12) for k in values)
 
 
 @dataclass
@@ -205,6 +263,11 @@ def _check_hashes(board: Board, allow_mixed: bool) -> None:
 def _group_boards(records: list[dict], allow_mixed: bool = False) -> dict[tuple[str, str], Board]:
     boards: dict[tuple[str, str], Board] = {}
     by_run: dict[tuple, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    trained_by: dict[str, dict] = {}  # fit key -> the record of the run that trained it
+    for record in sorted(records, key=lambda r: str(r.get("date"))):
+        fit = record.get("fit")
+        if isinstance(fit, dict) and fit.get("source") == "trained" and fit.get("key"):
+            trained_by.setdefault(str(fit["key"]), record)
     for record in records:
         _check_record(record)
         where = (record["dataset"], record["task"])
@@ -224,6 +287,8 @@ def _group_boards(records: list[dict], allow_mixed: bool = False) -> dict[tuple[
         rows = [_make_row(key, where[0], sorted(recs, key=_seed_key))
                 for key, recs in chosen.items()]
         boards[where].rows = _rank(rows)
+        _describe_reuse(boards[where].rows, trained_by)
+        _mark_equal_rows(boards[where].rows)
         _check_hashes(boards[where], allow_mixed)
         boards[where].failures.sort(key=lambda r: (r["method"], _profile_rank(r["profile"]), _seed_key(r),
                                                    _parse_date(r), str(r["record_id"])))
@@ -238,13 +303,15 @@ def ranking_metric(rows: list[Row]) -> str | None:
 
 
 def _rank(rows: list[Row]) -> list[Row]:
-    """Best first on the ranking metric; rows without a finite value last; ties by name."""
+    """Best first on the ranking metric; rows without a finite value last; ties by name. A partial
+    fit (stopped by a budget) comes after every complete row, whatever its score."""
     primary = ranking_metric(rows)
 
     def key(row: Row) -> tuple:
         value = row.metrics.get(primary) if primary else None
         score = math.inf if value is None else (-value if primary.split("@")[0] in HIGHER_IS_BETTER else value)
-        return (score, row.method, _profile_rank(row.profile), row.train_dataset != row.dataset, row.train_dataset)
+        return (bool(row.partial), score, row.method, _profile_rank(row.profile), row.train_dataset != row.dataset,
+                row.train_dataset)
 
     return sorted(rows, key=key)
 
