@@ -539,3 +539,54 @@ def test_user_leaderboard_holds_the_users_tables_and_reported_adds_the_papers(re
     with pytest.raises(SystemExit):
         run()
     assert "pass --reported to keep them" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- bootstrap intervals
+
+def _per_map(store: Path, name: str, scenes: list[str], values: list[float]) -> str:
+    rel = f"per_map/{name}.npz"
+    (store / "per_map").mkdir(parents=True, exist_ok=True)
+    np.savez(store / rel, scene=np.array(scenes), mse=np.array(values, np.float32),
+             **{"mse_gain@outdoor": np.array(values, np.float32) * 800})  # mean 16 dB^2: 4 dB
+    return rel
+
+
+def test_scene_bootstrap_is_seeded_paired_and_resamples_scenes():
+    from ckmbench.leaderboard.bootstrap import PerMap, scene_bootstrap
+
+    rng = np.random.default_rng(1)
+    scenes = np.repeat([f"s{i}" for i in range(12)], 8)  # 12 scenes x 8 maps
+    shared = np.repeat(rng.normal(0, 1, 12), 8)  # a scene effect every row shares
+    a = PerMap(scenes, {"mse": 5 + shared + rng.normal(0, 0.1, 96)})
+    b = PerMap(scenes, {"mse": 5.2 + shared + rng.normal(0, 0.1, 96)})
+    first = scene_bootstrap([[a], [b]], "mse")
+    assert first == scene_bootstrap([[a], [b]], "mse")  # seeded
+    (lo_a, hi_a), (lo_b, hi_b) = first
+    assert lo_a < a.values["mse"].mean() < hi_a
+    # scene-level: the interval is as wide as the scene effect, not the (much smaller) map noise
+    assert hi_a - lo_a > 0.5
+    # the same maps as independent scenes would give a far narrower interval
+    (lo_i, hi_i), = scene_bootstrap([[PerMap(np.arange(96).astype(str), a.values)]], "mse")
+    assert (hi_i - lo_i) < (hi_a - lo_a)
+    # rmse-type metrics are the square root of the resampled mean of their squares
+    (lo_r, hi_r), = scene_bootstrap([[PerMap(scenes, {"mse_gain": a.values["mse"]})]], "rmse_gain_db")
+    assert lo_r == pytest.approx(np.sqrt(lo_a)) and hi_r == pytest.approx(np.sqrt(hi_a))
+
+
+def test_tables_show_intervals_where_records_keep_per_map_values(tmp_path, reported):
+    store = tmp_path / "store"
+    scenes = [f"s{i // 2}" for i in range(10)]
+    values = [0.01, 0.02, 0.03, 0.02, 0.01, 0.03, 0.02, 0.02, 0.015, 0.025]
+    with_values = make_record("idw", metrics={"mse": 0.02, "rmse_gain_db@outdoor": 4.0})
+    with_values["per_map"] = _per_map(store, "idw", scenes, values)
+    without = make_record("knn", metrics={"mse": 0.03, "rmse_gain_db@outdoor": 5.0})
+    _build([with_values, without], tmp_path, reported, jobs=1)
+    text = (tmp_path / "lb" / "city" / "sr4.md").read_text()
+    by = _main_rows(text)
+    cell = re.fullmatch(r"\*\*4\.000\*\* \[(\d\.\d+), (\d\.\d+)\]", by["idw"]["rmse_gain_db@outdoor ↓"])
+    assert cell and float(cell[1]) < 4.0 < float(cell[2])
+    assert by["idw"]["mse ↓"] == "**0.02000**"  # intervals for the ranking metric, psnr, ssim, nmse only
+    assert by["knn"]["rmse_gain_db@outdoor ↓"] == "5.000" and "paired, scene-level bootstrap" in text
+    few = dict(with_values, per_map=_per_map(store, "few", scenes[:8], values[:8]))  # 4 scenes: no interval
+    _build([few], tmp_path, reported, out="few", jobs=1)
+    assert _main_rows((tmp_path / "few" / "city" / "sr4.md").read_text())["idw"]["rmse_gain_db@outdoor ↓"] == "**4.000**"

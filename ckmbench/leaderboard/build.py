@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import CkmError
 from ..results import atomic_write_bytes
+from .bootstrap import attach_intervals
 from .charts import _metrics_figure
 from .examples import _examples_figure, _row_examples
 from .manifest import MANIFEST, _board_inputs_hash, _code_fingerprint, _read_manifest
@@ -116,6 +117,8 @@ def build_leaderboards(records: list[dict], out_dir: Path, store_dir: Path,
             raise CkmError(f"reported numbers: dataset_id/task_id {dataset!r}/{task!r} cannot be a file name: fix the CSV")
         boards.setdefault((dataset, task), Board(dataset, task)).reported = part
     _attach_protocol_rows(boards, reported)
+    for board in boards.values():
+        attach_intervals(board, store_dir)
     ordered = [boards[k] for k in sorted(boards)
                if reported_tables or boards[k].rows or boards[k].failures or boards[k].protocol_rows]
     stale = _stale_tables(out_dir, ordered)

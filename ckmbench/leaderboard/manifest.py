@@ -35,9 +35,10 @@ def _board_inputs_hash(board: "Board", store_dir: Path, reported_name: str, code
     if board.reported is not None:
         h.update(board.reported.to_csv(index=False).encode())
     for r in records:
-        if r.get("examples"):
-            path = store_dir / r["examples"]
-            h.update(hashlib.sha256(path.read_bytes()).digest() if path.is_file() else b"missing")
+        for key in ("examples", "per_map"):  # the files a table's figures and intervals are made from
+            if r.get(key):
+                path = store_dir / r[key]
+                h.update(hashlib.sha256(path.read_bytes()).digest() if path.is_file() else b"missing")
     return h.hexdigest()
 
 

@@ -24,7 +24,9 @@ def _metric_cell(row: Row, name: str, best: str | None) -> str:
     text = format_sig(value)
     ns = row.notes_n.get(name)
     spread = f" ± {format_sig(row.spread[name], 2)}" if name in row.spread else ""
-    return (f"**{text}**" if text == best else text) + spread + (f" (N={_join_range(ns)})" if ns else "")
+    ci = row.interval.get(name)
+    ci_text = f" [{format_sig(ci[0])}, {format_sig(ci[1])}]" if ci else ""
+    return (f"**{text}**" if text == best else text) + spread + ci_text + (f" (N={_join_range(ns)})" if ns else "")
 
 
 def _reproduced_table(board: Board, metrics: list[str], costs: list[str]) -> pd.DataFrame:
@@ -151,7 +153,10 @@ def _board_markdown(board: Board, figure: str | None, examples: str | None, repo
             + ("; mean ± sample standard deviation over them" if any(r.spread for r in board.rows) else "") + "); "
             "`N` = maps scored. ↑ higher is better, ↓ lower is better; **bold** = best reproduced "
             f"value per column; {NOT_APPLICABLE} = does not apply or not a finite number. "
-            f"Ranked on `{primary}`"
+            + ("[a, b] = 95 % confidence interval from a paired, scene-level bootstrap (1,000 resamples of "
+               "the test scenes, the same for every row; seeds resampled too), shown where the records keep "
+               "per-map values. " if any(r.interval for r in board.rows) else "")
+            + f"Ranked on `{primary}`"
             + (" (path-gain error outside buildings, in dB; the whole-map metrics, as the papers report "
                "them, also count building pixels)" if primary in HEADLINE_METRICS else "") + ".", "",
             _markdown_table(_reproduced_table(board, main, board.cost_columns)), "",

@@ -42,6 +42,7 @@ class Row:
     partial: str = ""  # "partial: 14 / 4,000 steps" when a fit stopped early (budget): never ranked above complete rows
     reused_fit: str = ""  # "fit reused (trained in N s at commit X)": train_s is not this run's cost
     equals: str = ""  # full label of an earlier row with the very same scores (the same predictions)
+    interval: dict[str, tuple[float, float]] = field(default_factory=dict)  # metric -> 95 % CI (bootstrap.py)
 
     @property
     def label(self) -> str:
