@@ -587,6 +587,9 @@ def test_tables_show_intervals_where_records_keep_per_map_values(tmp_path, repor
     assert cell and float(cell[1]) < 4.0 < float(cell[2])
     assert by["idw"]["mse ↓"] == "**0.02000**"  # intervals for the ranking metric, psnr, ssim, nmse only
     assert by["knn"]["rmse_gain_db@outdoor ↓"] == "5.000" and "paired, scene-level bootstrap" in text
+    chart = (tmp_path / "lb" / "city" / "sr4.png").read_bytes()  # the interval drawn as an error bar
+    _build([dict(with_values, per_map=None), without], tmp_path, reported, out="plain", jobs=1)
+    assert chart.startswith(PNG_MAGIC) and chart != (tmp_path / "plain" / "city" / "sr4.png").read_bytes()
     few = dict(with_values, per_map=_per_map(store, "few", scenes[:8], values[:8]))  # 4 scenes: no interval
     _build([few], tmp_path, reported, out="few", jobs=1)
     assert _main_rows((tmp_path / "few" / "city" / "sr4.md").read_text())["idw"]["rmse_gain_db@outdoor ↓"] == "**4.000**"

@@ -47,9 +47,10 @@ TITLE_IN, PANEL_HEAD_IN, PANEL_FOOT_IN, BAR_IN = 0.55, 0.3, 0.35, 0.26
 
 
 def _bar_chart(title: str, labels: list[str], panels: list[tuple[str, list[float | str | None]]],
-               missing: str = "") -> bytes:
+               missing: str = "", intervals: list[list[tuple[float, float] | None]] | None = None) -> bytes:
     """One horizontal bar panel per metric, one bar per row label ("n/a": unavailable, None:
-    absent, written as ``missing``); row labels once per line of panels; SSIM axes end at 1."""
+    absent, written as ``missing``); row labels once per line of panels; SSIM axes end at 1;
+    ``intervals`` (per panel, per row, or None) drawn as error bars."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -73,10 +74,16 @@ def _bar_chart(title: str, labels: list[str], panels: list[tuple[str, list[float
             ax = fig.add_axes((left / width, 1 - (top + panel_h) / height, PANEL_IN / width, panel_h / height))
             numeric = [isinstance(v, (int, float)) for v in values]
             ax.barh(ys, [v if ok else 0.0 for v, ok in zip(values, numeric)], color=colors, height=0.7)
-            for y, v, ok in zip(ys, values, numeric):
+            bounds = (intervals or [None] * len(panels))[k] or [None] * len(labels)
+            shown = [(y, v, ci) for y, v, ci, ok in zip(ys, values, bounds, numeric) if ok and ci]
+            if shown:
+                ax.errorbar([v for _, v, _ in shown], [y for y, _, _ in shown], fmt="none", ecolor="black",
+                            elinewidth=0.8, capsize=2,
+                            xerr=[[v - ci[0] for _, v, ci in shown], [ci[1] - v for _, v, ci in shown]])
+            for y, v, ok, ci in zip(ys, values, numeric, bounds):
                 text = format_sig(v, 3) if ok else (missing if v is None else str(v))
-                if text:
-                    ax.text(v if ok else 0, y, " " + text, va="center", ha="left", fontsize=7,
+                if text:  # after the error bar's end when there is one
+                    ax.text(max(v, ci[1]) if ok and ci else (v if ok else 0), y, " " + text, va="center", ha="left", fontsize=7,
                             color="black" if ok else "0.4")
             ax.xaxis.set_major_locator(MaxNLocator(4))
             ax.set_yticks([])  # row names as plain text, once per line of panels: Tick objects cost most
@@ -103,9 +110,13 @@ def _metrics_figure(board: Board) -> bytes | None:
         chosen = ([primary] if primary in present else []) + [m for m in chosen if m != primary]
         if not chosen:
             return None
-        panels = [(metric_header(m) + (" (ranks the table)" if m == primary else ""), [r.metrics[m] if r.metrics.get(m) is not None else
-                                      ("n/a" if m in r.metrics else None) for r in board.rows]) for m in chosen]
-        return _bar_chart(f"{board.task} on {board.dataset} (reproduced)", [r.full_label for r in board.rows], panels)
+        panels = [(metric_header(m) + (" (ranks the table)" if m == primary else ""),
+                   [r.metrics[m] if r.metrics.get(m) is not None else ("n/a" if m in r.metrics else None)
+                    for r in board.rows]) for m in chosen]
+        intervals = [[r.interval.get(m) for r in board.rows] for m in chosen]
+        kwargs = {"intervals": intervals} if any(ci for panel in intervals for ci in panel) else {}
+        return _bar_chart(f"{board.task} on {board.dataset} (reproduced)", [r.full_label for r in board.rows], panels,
+                          **kwargs)
     if board.reported is not None and len(board.reported):
         frame = board.reported
         names = _reported_columns(frame)
