@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -368,14 +369,17 @@ def evaluate(task, dataset, predictions, name, npy_unit, data_root, store, recor
 @cli.command()
 @click.option("--store", default=None,
               help="Results store (default $CKMBENCH_STORE, else your user store); the committed leaderboards "
-                   "come from --store results/records.jsonl --out leaderboards.")
+                   "come from --store results/records.jsonl --out leaderboards --reported.")
 @click.option("--out", default=None, type=click.Path(),
-              help="Leaderboard folder (default: <your user folder>/leaderboards, never the committed one).")
+              help="Leaderboard folder (default $CKMBENCH_LEADERBOARDS, else <your user folder>/leaderboards, "
+                   "never the committed one).")
 @click.option("--prune", is_flag=True, help="Delete the tables of the folder that the store no longer has.")
 @click.option("--allow-mixed", is_flag=True,
               help="Allow rows computed on different versions (content hashes) of a dataset in one table.")
 @click.option("--full", is_flag=True, help="Rebuild every table, not only those whose records changed.")
-def leaderboard(store, out, prune, allow_mixed, full):
+@click.option("--reported", is_flag=True,
+              help="Also write the tables that hold only numbers reported in the papers (the committed leaderboards do).")
+def leaderboard(store, out, prune, allow_mixed, full, reported):
     """Rebuild the leaderboard tables and figures from the results store."""
     from importlib import resources
 
@@ -384,11 +388,11 @@ def leaderboard(store, out, prune, allow_mixed, full):
 
     path = store_path(store)
     records = read_records(path, missing_ok=False)
-    out_dir = Path(out) if out else user_dir() / "leaderboards"
+    out_dir = Path(out or os.environ.get("CKMBENCH_LEADERBOARDS") or user_dir() / "leaderboards")
     check_writable_dir(out_dir, f"leaderboard folder {out_dir}", "pass --out a folder you can write")
-    reported = Path(str(resources.files("ckmbench") / "reference" / "reported.csv"))
-    written = build_leaderboards(records, out_dir, path.parent, reported, prune=prune, allow_mixed=allow_mixed,
-                                 incremental=not full)
+    reported_csv = Path(str(resources.files("ckmbench") / "reference" / "reported.csv"))
+    written = build_leaderboards(records, out_dir, path.parent, reported_csv, prune=prune, allow_mixed=allow_mixed,
+                                 incremental=not full, reported_tables=reported)
     click.echo(f"{len(records)} record(s) from {path} -> {len(written)} file(s) in {out_dir}/")
     from .pending import pending_dir
 

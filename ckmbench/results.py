@@ -39,9 +39,10 @@ Record schema (all keys always present; values may be null):
     run_dir              str|null   run folder (not committed)
     examples             str|null   path, relative to the store's folder, of an .npz with
                                     uint8 example maps: keys, truth (K,H,W), prediction
-                                    (K,H,W), observation (K,h,w) or absent
+                                    (K,H,W), observation (K,h,w) or absent, gain_range (K,2) dB
 
-Optional keys: method_kind ("baseline" | "learned" | "diffusion"; only learned methods are
+Optional keys: per_map (path, relative to the store's folder, of an .npz with each test map's
+scene and per-map metric values, float32: the leaderboard's bootstrap intervals), method_kind ("baseline" | "learned" | "diffusion"; only learned methods are
 "fitted on" a dataset), overrides (the run's ``--set`` hyper-parameters, {} for the profile as
 it is; a run with overrides is its own leaderboard row, "method with key=value"), fit, shard (a sharded run: {index, count, group, n_total} on a shard's
 record, {count, group, records} on the record merged from them; docs/scale.md), ... A non-finite number anywhere in a record (NaN metric or

@@ -298,6 +298,8 @@ def _save_examples(store_file: Path, record_id: str, test, pred, target, observa
         "keys": np.array([test[int(i)].key for i in idx]),
         "truth": _uint8(target[idx, 0].numpy()),
         "prediction": _uint8(pred[idx, 0].numpy()),
+        # (g_min, g_max) dB of each map, so the leaderboard's example grids can be drawn in dB
+        "gain_range": np.array([test[int(i)].gain_range for i in idx], np.float32),
     }
     if observations and all(o is not None for o in observations):
         obs = torch.cat(observations)[idx, 0].numpy()
@@ -319,6 +321,22 @@ def save_predictions_db(folder: Path, test, pred: torch.Tensor) -> None:
         buf = io.BytesIO()
         np.save(buf, denormalize(pred[i, 0].numpy(), test.gain_range[i]).astype(np.float32))
         atomic_write_bytes(folder / f"{scene}_{int(tx)}.npy", buf.getvalue())
+
+
+def _save_per_map(store_file: Path, record_id: str, test, per_sample: dict, notes: dict) -> str | None:
+    """Each map's metric values (float32) and its scene, beside the store: what the leaderboard's
+    scene-level bootstrap intervals need. A metric scored a paper's way (``<name>_convention``)
+    is left out: its per-map values are not the ones its summary averages."""
+    skip = {key[: -len("_convention")] for key in notes if key.endswith("_convention")}
+    arrays = {name: np.asarray(values, dtype=np.float32) for name, values in per_sample.items()
+              if np.ndim(values) == 1 and len(values) == len(test) and name.split("@")[0] not in skip}
+    if not arrays:
+        return None
+    rel = Path("per_map") / f"{record_id}.npz"
+    buf = io.BytesIO()
+    np.savez_compressed(buf, scene=np.asarray(test.scene).astype(str), **arrays)
+    atomic_write_bytes(store_file.parent / rel, buf.getvalue())
+    return rel.as_posix()
 
 
 def _clean(values: dict) -> dict:
@@ -483,6 +501,8 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         if cfg.examples > 0:  # the file is this process's until the record is stored (ckmbench.leftovers)
             mark_examples(store_file, record_id)
         record["examples"] = _save_examples(store_file, record_id, prep.test, pred, target, observations, cfg.examples)
+        if not cfg.shard:
+            record["per_map"] = _save_per_map(store_file, record_id, prep.test, result.per_sample, record["metric_notes"])
         _write_run_outputs(run_dir, result, prep.test, record, store_file)
     except RunTimeout as exc:
         record.update(status="timeout", message=str(exc))

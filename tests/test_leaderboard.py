@@ -239,7 +239,7 @@ def test_bad_input_errors(records, tmp_path, reported):
 
 def test_default_reported_csv_builds(tmp_path, monkeypatch):
     # 13 bar charts would dominate this file's run time; charts are covered above.
-    monkeypatch.setattr(leaderboard, "_bar_chart", lambda *args: PNG_MAGIC)
+    monkeypatch.setattr(leaderboard.charts, "_bar_chart", lambda *args, **kwargs: PNG_MAGIC)
     written = build_leaderboards([], tmp_path / "lb", tmp_path)
     text = (tmp_path / "lb" / "radiomapseer-dpm" / "inpaint.md").read_text()
     assert REPORTED_HEADING in text and "CKMDiff (Fu et al.)" in text and "ckmdiff" in text
@@ -303,6 +303,8 @@ def test_labels_fitted_on_distribution_in_sample_and_costs(tmp_path, reported):
                         cost={"params": 1000, "train_s": 30.0, "infer_s_per_map": 0.01, "sampling_steps": None,
                               "peak_mem_mb": 50.0}),
             make_record("simulator", dataset="real", in_sample="fitted to Tx 0, 10, 12 of this map")]
+    for i, rec in enumerate(recs):  # distinct scores: equal ones would be marked as the same predictions
+        rec["metrics"]["mse"] += i / 1000
     _build(recs, tmp_path, reported)
     text = (tmp_path / "lb" / "real" / "sr4.md").read_text()
     by = _main_rows(text)
@@ -339,9 +341,9 @@ def test_incremental_rebuild_renders_only_changed_tables_same_bytes(records, tmp
     changed = records + [make_record("idw", dataset="town", task="inpaint", metrics={"mse": 0.5},
                                      date="2026-11-21T10:00:00+00:00")]
     rendered = []
-    real = leaderboard._board_markdown
-    monkeypatch.setattr(leaderboard, "_board_markdown", lambda board, *a: rendered.append(board.task) or real(board, *a))
-    inc = _build(changed, tmp_path, reported, out="inc")
+    real = leaderboard.build._board_markdown
+    monkeypatch.setattr(leaderboard.build, "_board_markdown", lambda board, *a: rendered.append(board.task) or real(board, *a))
+    inc = _build(changed, tmp_path, reported, out="inc", jobs=1)  # in-process: the patch sees each render
     assert rendered == ["inpaint"]  # town/inpaint only; city/sr4 and other/inpaint untouched
     full = _build(changed, tmp_path, reported, out="full", incremental=False)
     as_bytes = lambda files, root: {p.relative_to(root).as_posix(): p.read_bytes() for p in files}
@@ -356,3 +358,238 @@ def test_metric_names_and_directions_agree_with_the_builtin_metric_specs():
     scored = {s.name: s for s in METRICS if s.kind != "cost"}
     assert set(leaderboard.BASE_METRICS) == set(scored)
     assert leaderboard.HIGHER_IS_BETTER == {name for name, s in scored.items() if s.higher_is_better}
+
+
+# ----------------------------------------------------------------------------- figures and speed
+
+def test_observation_is_drawn_on_its_true_pixels():
+    """A subsampled SR input's sample (i, j) belongs at pixel (f*i, f*j): the grid draws it as the
+    identity method upsamples it, so against the identity prediction 0 % of pixels disagree (the
+    old stretched drawing disagreed on most); block-mean inputs sit at the blocks' centres."""
+    import torch
+
+    from ckmbench.leaderboard.examples import lowres_offset, observation_on_grid
+    from ckmbench.leaderboard.mosaic import Panel, PanelRow, compose, to_rgb
+    from ckmbench_plugins.baselines.grid import upsample_grid
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 256, (32, 32)).astype(np.uint8)
+    for f in (2, 4, 8):
+        for obs, offset in ((truth[::f, ::f], 0.0),
+                            (truth.reshape(32 // f, f, 32 // f, f).mean(axis=(1, 3)).round().astype(np.uint8), (f - 1) / 2)):
+            assert lowres_offset(obs, truth) == offset
+            identity = upsample_grid(torch.from_numpy(obs[None, None].astype(np.float64)), truth.shape, f, offset,
+                                     mode="nearest", edge="edge")[0, 0].numpy()
+            drawn = observation_on_grid(obs, truth.shape, offset)
+            assert np.array_equal(drawn, identity)
+            stretched = np.repeat(np.repeat(obs, f, 0), f, 1)  # imshow of the small array
+            assert offset or (stretched != identity).mean() > 0.5
+        # and the mosaic puts it there: observed pixels show the truth's colour
+        on_grid = observation_on_grid(truth[::f, ::f], truth.shape)
+        index, layout = compose("t", ["truth", "observation"],
+                                [PanelRow("k", [Panel(truth, "viridis", 0, 255), Panel(on_grid, "viridis", 0, 255)],
+                                          ("viridis", 0, 255, "u"))])
+        rgb = to_rgb(index)
+        (y0, x0, h, w), (y1, x1, _, _) = layout.boxes[(0, 0)], layout.boxes[(0, 1)]
+        up = h // truth.shape[0]
+        shown_truth = rgb[y0:y0 + h:up, x0:x0 + w:up][::f, ::f]
+        shown_obs = rgb[y1:y1 + h:up, x1:x1 + w:up][::f, ::f]
+        assert (shown_truth != shown_obs).any(axis=-1).mean() == 0.0
+
+
+def test_example_grid_is_in_db_with_an_error_row(tmp_path):
+    from ckmbench.leaderboard.examples import _example_rows
+
+    truth = np.full((8, 8), 255, np.uint8)
+    pred = np.full((8, 8), 204, np.uint8)  # u = 0.8
+    ex = {"truth": truth, "prediction": pred, "gain_range": (-150.0, -50.0)}
+    maps, errors = _example_rows("k", [ex, None], has_obs=False)
+    assert maps.bar[3] == "dB" and (maps.bar[1], maps.bar[2]) == (-150.0, -50.0)
+    assert np.allclose(maps.panels[1].image, -70.0) and maps.panels[2] is None
+    assert errors.bar[0] == "magma" and errors.bar[3] == "|error| dB"
+    assert errors.panels[0] is None and np.allclose(errors.panels[1].image, 20.0)
+    # without gain_range (older example files) the width comes from the record: error still in dB
+    width_only = {"truth": truth, "prediction": pred, "gain_width": 100.0}
+    maps, errors = _example_rows("k", [width_only], has_obs=False)
+    assert maps.bar[3] == "gain, 0–1" and errors.bar[3] == "|error| dB"
+
+
+def test_bar_chart_leads_with_ranking_metric_and_reported_gaps_say_so(tmp_path, reported, monkeypatch):
+    calls = []
+    monkeypatch.setattr(leaderboard.charts, "_bar_chart",
+                        lambda title, labels, panels, missing="": calls.append((title, panels, missing)) or PNG_MAGIC)
+    recs = [make_record("idw", metrics={"mse": 0.02, "ssim": 0.5, "rmse_gain_db@outdoor": 4.0}),
+            make_record("knn", metrics={"mse": 0.03, "ssim": 0.4, "rmse_gain_db@outdoor": 5.0})]
+    _build(recs, tmp_path, reported, jobs=1)
+    city = next(c for c in calls if c[0].startswith("sr4 on city"))
+    assert city[1][0][0].startswith("rmse_gain_db@outdoor ↓") and city[1][0][1] == [4.0, 5.0]
+    other = next(c for c in calls if c[0].startswith("inpaint on other"))
+    assert other[2] == "not reported"
+
+
+def test_bar_chart_ssim_axis_ends_at_one():
+    from ckmbench.leaderboard.charts import _bar_chart
+    png = _bar_chart("t", ["a", "b"], [("ssim ↑", [0.9, 0.5]), ("psnr ↑", [20.0, None])], missing="not reported")
+    assert png.startswith(PNG_MAGIC)
+
+
+def test_parallel_build_is_byte_identical_to_serial(records, tmp_path, reported):
+    serial = _build(records, tmp_path, reported, out="one", jobs=1)
+    parallel = _build(records, tmp_path, reported, out="two", jobs=2)
+    as_bytes = lambda files, root: {p.relative_to(root).as_posix(): p.read_bytes() for p in files}
+    assert as_bytes(serial, tmp_path / "one") == as_bytes(parallel, tmp_path / "two")
+
+
+def test_manifest_does_not_depend_on_the_matplotlib_version(monkeypatch):
+    import matplotlib
+
+    from ckmbench.leaderboard.manifest import _code_fingerprint
+
+    before = _code_fingerprint()
+    monkeypatch.setattr(matplotlib, "__version__", "0.0.1")
+    assert _code_fingerprint() == before
+
+
+def test_leaderboard_folder_from_environment(records, tmp_path, monkeypatch):
+    import json
+
+    from ckmbench import cli
+
+    store = tmp_path / "store" / "records.jsonl"
+    store.parent.mkdir(parents=True, exist_ok=True)
+    store.write_text("".join(json.dumps(r) + "\n" for r in records if r["task"] == "inpaint"))
+    monkeypatch.setenv("CKMBENCH_LEADERBOARDS", str(tmp_path / "mine"))
+    monkeypatch.setattr(leaderboard.charts, "_bar_chart", lambda *a, **k: PNG_MAGIC)
+    cli.main(["leaderboard", "--store", str(store)])
+    assert (tmp_path / "mine" / "town" / "inpaint.md").is_file()
+
+
+# ----------------------------------------------------------------------------- rows that say what they are
+
+def _with_fit(record: dict, **fit) -> dict:
+    record["fit"] = {"source": "trained", "key": "k0", "complete": True, "budget_reached": False, **fit}
+    return record
+
+
+def test_partial_fit_is_labelled_ranked_last_and_never_bold(tmp_path, reported):
+    recs = [_with_fit(make_record("cdiff", metrics={"mse": 0.001}), key="k1", complete=False, budget_reached=True,
+                      steps_done=14, steps_planned=4000),
+            make_record("bilinear", metrics={"mse": 0.02})]
+    _build(recs, tmp_path, reported, jobs=1)
+    text = (tmp_path / "lb" / "city" / "sr4.md").read_text()
+    header, *rows = _table_rows(text, "method")
+    assert [r[0] for r in rows] == ["bilinear", "cdiff (partial: 14 / 4,000 steps)"]
+    by = _main_rows(text)
+    assert by["bilinear"]["mse ↓"] == "**0.02000**" and by["cdiff (partial: 14 / 4,000 steps)"]["mse ↓"] == "0.001000"
+    assert "cdiff (partial: 14 / 4,000 steps) [tiny]: the fit stopped before its planned steps" in text
+
+
+def test_rows_with_identical_scores_name_the_row_they_equal(tmp_path, reported):
+    same = {"mse": 0.03, "psnr": 15.0}
+    retrained = {"mse": 0.03 * (1 + 2e-7), "psnr": 15.0 * (1 - 1e-7)}  # the same network, another float rounding
+    recs = [make_record("nearest", metrics=retrained), make_record("identity", metrics=dict(same)),
+            make_record("bilinear", metrics={"mse": 0.03 * 1.001, "psnr": 15.0})]
+    _build(recs, tmp_path, reported, jobs=1)
+    text = (tmp_path / "lb" / "city" / "sr4.md").read_text()
+    assert set(_main_rows(text)) == {"bilinear", "identity", "nearest (= identity [tiny])"}
+    assert "- nearest [tiny] equals identity [tiny]: every metric agrees to 5 significant digits" in text
+
+
+def test_reused_fit_names_its_training_run_and_notes_are_true(tmp_path, reported):
+    trained = _with_fit(make_record("cgdm", task="sr8", kind="diffusion", metrics={"mse": 0.01},
+                                    date="2026-11-19T09:00:00+00:00"), key="kk", train_s=1234.0)
+    trained["git_commit"] = "abcdef123456789"
+    reused = _with_fit(make_record("cgdm", kind="diffusion", metrics={"mse": 0.01},
+                                   cost={"params": 10, "train_s": 1234.0, "infer_s_per_map": 0.1,
+                                         "sampling_steps": 25, "peak_mem_mb": None}),
+                       key="kk", source="cache", train_s=1234.0)
+    transfer = make_record("cdiff", train_dataset="town", metrics={"mse": 0.04})
+    _build([trained, reused, transfer, make_record("bilinear")], tmp_path, reported, jobs=1)
+    text = (tmp_path / "lb" / "city" / "sr4.md").read_text()
+    assert _main_rows(text)["cgdm"]["train_s"] == "fit reused (trained in 1234 s at commit abcdef1234)"
+    assert "not trained on any data" not in text
+    assert "learned rows without it are trained on city's own training split" in text
+    assert _main_rows((tmp_path / "lb" / "city" / "sr8.md").read_text())["cgdm"]["train_s"] == "0.00"
+
+
+def test_names_with_pipes_and_newlines_stay_on_one_table_line(tmp_path, reported):
+    rec = make_record("odd", metrics={"mse": 0.02})
+    rec["overrides"] = {"note": "a|b\nc"}
+    _build([rec], tmp_path, reported, jobs=1)
+    text = (tmp_path / "lb" / "city" / "sr4.md").read_text()
+    line = next(l for l in text.splitlines() if l.startswith("| odd"))
+    assert "odd with note=a\\|b c" in line and line.count(" | ") == len(_table_rows(text, "method")[0]) - 1
+
+
+def test_user_leaderboard_holds_the_users_tables_and_reported_adds_the_papers(records, tmp_path, monkeypatch, capsys):
+    import json
+
+    from ckmbench import cli
+
+    store = tmp_path / "store" / "records.jsonl"
+    store.parent.mkdir(parents=True, exist_ok=True)
+    store.write_text("".join(json.dumps(r) + "\n" for r in records if r["dataset"] == "town"))
+    monkeypatch.setattr(leaderboard.charts, "_bar_chart", lambda *a, **k: PNG_MAGIC)
+    out = tmp_path / "mine"
+    run = lambda *extra: cli.main(["leaderboard", "--store", str(store), "--out", str(out), *extra])
+    run()
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.md")) == ["README.md", "town/inpaint.md"]
+    run("--reported")
+    assert (out / "radiomapseer-dpm" / "inpaint.md").is_file()
+    with pytest.raises(SystemExit):
+        run()
+    assert "pass --reported to keep them" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- bootstrap intervals
+
+def _per_map(store: Path, name: str, scenes: list[str], values: list[float]) -> str:
+    rel = f"per_map/{name}.npz"
+    (store / "per_map").mkdir(parents=True, exist_ok=True)
+    np.savez(store / rel, scene=np.array(scenes), mse=np.array(values, np.float32),
+             **{"mse_gain@outdoor": np.array(values, np.float32) * 800})  # mean 16 dB^2: 4 dB
+    return rel
+
+
+def test_scene_bootstrap_is_seeded_paired_and_resamples_scenes():
+    from ckmbench.leaderboard.bootstrap import PerMap, scene_bootstrap
+
+    rng = np.random.default_rng(1)
+    scenes = np.repeat([f"s{i}" for i in range(12)], 8)  # 12 scenes x 8 maps
+    shared = np.repeat(rng.normal(0, 1, 12), 8)  # a scene effect every row shares
+    a = PerMap(scenes, {"mse": 5 + shared + rng.normal(0, 0.1, 96)})
+    b = PerMap(scenes, {"mse": 5.2 + shared + rng.normal(0, 0.1, 96)})
+    first = scene_bootstrap([[a], [b]], "mse")
+    assert first == scene_bootstrap([[a], [b]], "mse")  # seeded
+    (lo_a, hi_a), (lo_b, hi_b) = first
+    assert lo_a < a.values["mse"].mean() < hi_a
+    # scene-level: the interval is as wide as the scene effect, not the (much smaller) map noise
+    assert hi_a - lo_a > 0.5
+    # the same maps as independent scenes would give a far narrower interval
+    (lo_i, hi_i), = scene_bootstrap([[PerMap(np.arange(96).astype(str), a.values)]], "mse")
+    assert (hi_i - lo_i) < (hi_a - lo_a)
+    # rmse-type metrics are the square root of the resampled mean of their squares
+    (lo_r, hi_r), = scene_bootstrap([[PerMap(scenes, {"mse_gain": a.values["mse"]})]], "rmse_gain_db")
+    assert lo_r == pytest.approx(np.sqrt(lo_a)) and hi_r == pytest.approx(np.sqrt(hi_a))
+
+
+def test_tables_show_intervals_where_records_keep_per_map_values(tmp_path, reported):
+    store = tmp_path / "store"
+    scenes = [f"s{i // 2}" for i in range(10)]
+    values = [0.01, 0.02, 0.03, 0.02, 0.01, 0.03, 0.02, 0.02, 0.015, 0.025]
+    with_values = make_record("idw", metrics={"mse": 0.02, "rmse_gain_db@outdoor": 4.0})
+    with_values["per_map"] = _per_map(store, "idw", scenes, values)
+    without = make_record("knn", metrics={"mse": 0.03, "rmse_gain_db@outdoor": 5.0})
+    _build([with_values, without], tmp_path, reported, jobs=1)
+    text = (tmp_path / "lb" / "city" / "sr4.md").read_text()
+    by = _main_rows(text)
+    cell = re.fullmatch(r"\*\*4\.000\*\* \[(\d\.\d+), (\d\.\d+)\]", by["idw"]["rmse_gain_db@outdoor ↓"])
+    assert cell and float(cell[1]) < 4.0 < float(cell[2])
+    assert by["idw"]["mse ↓"] == "**0.02000**"  # intervals for the ranking metric, psnr, ssim, nmse only
+    assert by["knn"]["rmse_gain_db@outdoor ↓"] == "5.000" and "paired, scene-level bootstrap" in text
+    chart = (tmp_path / "lb" / "city" / "sr4.png").read_bytes()  # the interval drawn as an error bar
+    _build([dict(with_values, per_map=None), without], tmp_path, reported, out="plain", jobs=1)
+    assert chart.startswith(PNG_MAGIC) and chart != (tmp_path / "plain" / "city" / "sr4.png").read_bytes()
+    few = dict(with_values, per_map=_per_map(store, "few", scenes[:8], values[:8]))  # 4 scenes: no interval
+    _build([few], tmp_path, reported, out="few", jobs=1)
+    assert _main_rows((tmp_path / "few" / "city" / "sr4.md").read_text())["idw"]["rmse_gain_db@outdoor ↓"] == "**4.000**"

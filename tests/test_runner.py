@@ -111,6 +111,10 @@ def test_bilinear_sr4_end_to_end(tmp_path):
     with np.load(tmp_path / rec["examples"]) as z:
         assert z["truth"].dtype == np.uint8 and z["prediction"].shape == z["truth"].shape
         assert z["observation"].shape[1] == 8  # 32 / 4
+        assert z["gain_range"].shape == (len(z["truth"]), 2)  # the leaderboard draws examples in dB
+    with np.load(tmp_path / rec["per_map"]) as z:  # what the leaderboard's bootstrap intervals need
+        assert len(z["scene"]) == rec["n_test"] and z["mse"].dtype == np.float32
+        assert float(np.mean(z["mse"], dtype=np.float64)) == pytest.approx(m["mse"], rel=1e-5)
 
 
 def test_same_run_twice_gives_identical_metrics(tmp_path):
