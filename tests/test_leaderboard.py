@@ -326,6 +326,17 @@ def test_runs_with_set_overrides_are_their_own_rows(tmp_path, reported):
     assert by["radiodiff with aft=false, sampler=ddim"]["mse ↓"] == "0.03000"
 
 
+def test_a_run_of_imported_weights_is_its_own_row(tmp_path, reported):
+    """`--weights` scores the authors' network: it must not replace our trained fit's row."""
+    trained = make_record("radiounet-c", kind="learned", metrics={"mse": 0.01}, date="2026-11-20T10:00:00+00:00")
+    imported = make_record("radiounet-c", kind="learned", metrics={"mse": 0.02}, date="2026-11-21T10:00:00+00:00")
+    imported["fit"] = {"source": "imported", "weights_sha256": "abcdef0123456789" * 4, "steps_done": 0}
+    imported["record_id"] = "e" * 32
+    _build([trained, imported], tmp_path, reported)
+    by = _main_rows((tmp_path / "lb" / "city" / "sr4.md").read_text())
+    assert set(by) == {"radiounet-c", "radiounet-c with weights=imported abcdef01"}
+
+
 def test_rows_of_different_dataset_versions_are_refused_unless_allowed(tmp_path, reported):
     recs = [make_record("idw", metrics={"mse": 0.02}), make_record("knn", metrics={"mse": 0.03}, dataset_hash="f" * 64)]
     with pytest.raises(CkmError, match=r"city/sr4 would mix .*dddddddddddd \(1 record\), ffffffffffff.*--allow-mixed"):

@@ -109,8 +109,12 @@ def _is_learned(record: dict) -> bool:
 
 def _variant(record: dict) -> str:
     """The run's --set overrides as "key=value, ...": an ablation (``--set aft=false``) or another
-    sampler is its own row, never the newest attempt of the default one."""
-    overrides = record.get("overrides") or {}
+    sampler is its own row, never the newest attempt of the default one; so is a run of the
+    authors' imported weights (``--weights``), never the newest attempt of our trained fit."""
+    overrides = dict(record.get("overrides") or {})
+    fit = record.get("fit") or {}
+    if fit.get("source") == "imported":  # the authors' checkpoint is another network than our trained fit
+        overrides["weights"] = f"imported {str(fit.get('weights_sha256', ''))[:8]}"
     return ", ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(overrides.items()))
 
 
