@@ -35,6 +35,8 @@ class RunContext:
     # DataLoader worker processes that build training batches ahead (0: in this process;
     # the batches are the same either way). --loader-workers / $CKMBENCH_LOADER_WORKERS.
     loader_workers: int = 0
+    # keep the trainer's resumable state of a finished fit (--keep-train-state); default: deleted
+    keep_train_state: bool = False
 
 
 class TaskData:

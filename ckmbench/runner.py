@@ -28,6 +28,7 @@ from .fitting import fit_method
 from .training import dist_info
 from .method import Method, RunContext, TaskData
 from .metrics.cost import PeakMemory
+from .overrides import check_dotted, resolve_overrides
 from .plugins import Registry, registry as default_registry, require_profile
 from .provenance import base_provenance, config_hash
 from .results import append_record, atomic_write_bytes, atomic_write_text, check_store_writable, default_runs_dir
@@ -81,13 +82,17 @@ def check_hparams(spec, profile: str, overrides: dict) -> None:
     have the type of the profile's value (an int where an int is, a number where a float is);
     a count (positive int) stays >= 1, a non-negative number stays >= 0 and finite.
     """
+    from .overrides import nullable
+
     defaults = require_profile(spec, profile)
     valid = sorted(set(defaults) | set(GENERIC_HPARAMS))
     for key, value in overrides.items():
+        if "." in key:  # a dependency's key: ckmbench.overrides.check_dotted
+            continue
         if key not in valid:
             raise CkmError(f"--set {key}: method '{spec.name}' has no hyper-parameter '{key}': "
                            f"valid ones are {', '.join(valid) or 'none'}")
-        if key not in defaults or defaults[key] is None:
+        if key not in defaults or defaults[key] is None or (value is None and key in nullable(spec)):
             continue
         want, got, default = _kind_of(defaults[key]), _kind_of(value), defaults[key]
         shown = f"--set {key}={json.dumps(value) if not isinstance(value, str) else value}"
@@ -138,6 +143,7 @@ class RunConfig:
     # write the record as a per-run file in the store's pending folder, not into the store
     # (cluster jobs: `ckmbench results collect` merges them, no lock on a shared filesystem)
     pending: bool = False
+    keep_train_state: bool = False  # keep a finished fit's resumable trainer state (GBs at paper)
 
 
 @dataclass
@@ -163,6 +169,14 @@ def resolve_device(name: str) -> torch.device:
         raise CkmError(f"unknown device '{name}': use cpu or cuda (or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CkmError(f"device '{name}' requested but CUDA is not available here: use --device cpu")
+    try:  # mps, xpu, a cuda:N past the last GPU...: refused before any work, not as an error record
+        usable = device.type != "meta" and torch.empty(1, device=device).device.type == device.type
+    except Exception:
+        usable = False
+    if not usable:
+        raise CkmError(f"device '{name}' cannot be used here (torch {torch.__version__} has no working "
+                       f"{device.type} backend on this machine): use --device cpu"
+                       f"{' or cuda' if torch.cuda.is_available() else ''}")
     return device
 
 
@@ -184,8 +198,10 @@ def prepare(cfg: RunConfig, reg: Registry) -> Prepared:
     spec = reg.method(cfg.method)
     task_spec = reg.task(cfg.task)
     check_supported(spec, cfg.task)
-    check_hparams(spec, cfg.profile, cfg.hparams)
-    hparams = {**require_profile(spec, cfg.profile), **cfg.hparams}
+    overrides = resolve_overrides(spec, cfg.profile, cfg.hparams)
+    check_dotted(reg, spec, cfg.profile, overrides)
+    check_hparams(spec, cfg.profile, overrides)
+    hparams = {**require_profile(spec, cfg.profile), **overrides}
     device = resolve_device(cfg.device)
     task = task_spec.make(**task_spec.params)
     train_task_spec = reg.task(task.train_task)
@@ -343,7 +359,8 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
     learned = getattr(spec, "kind", "baseline") != "baseline"
     ctx = RunContext(device=prep.device, seed=cfg.seed, profile=cfg.profile, hparams=prep.hparams, run_dir=run_dir,
                      time_budget_s=cfg.time_budget_s, progress=cfg.progress, amp=prep.hparams.get("amp"),
-                     deadline=deadline if learned else None, loader_workers=workers)
+                     deadline=deadline if learned else None, loader_workers=workers,
+                     keep_train_state=cfg.keep_train_state)
     # A learned method's budget bounds its training: it stops, saves and is scored on what it
     # learned (record: fit.budget_reached). A baseline past the budget is a timeout.
     predict_deadline = None if learned else deadline
@@ -355,7 +372,9 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
         with PeakMemory(prep.device) as peak:
             t0 = time.perf_counter()
             if cfg.checkpoint:
-                method.load_state_dict(load_checkpoint_file(cfg.checkpoint, map_location=prep.device))
+                from .runweights import run_weights_path
+
+                method.load_state_dict(load_checkpoint_file(run_weights_path(cfg.checkpoint), map_location=prep.device))
             else:
                 record["fit"] = fit_method(
                     method, spec, version=version, train_task=prep.train_task, train_name=train_name,
@@ -368,9 +387,9 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
                 raise RunTimeout(f"time budget of {cfg.time_budget_s:.0f} s exceeded during fit")
             state = method.state_dict()
             if state:
-                buf = io.BytesIO()
-                torch.save(state, buf)
-                atomic_write_bytes(run_dir / "checkpoint.pt", buf.getvalue())
+                from .runweights import write_run_weights
+
+                write_run_weights(run_dir, state, record["fit"], cfg.checkpoint)
             warm_up(method, prep.task, prep.test, ctx)
             t1 = time.perf_counter()
             pred, target, regions, observations = predict_all(method, prep.task, prep.test, ctx, cfg.batch_size,
