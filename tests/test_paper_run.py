@@ -162,3 +162,47 @@ def test_run_folder_points_at_the_fit_across_filesystems(tmp_path, reg, monkeypa
     assert pointer.stat().st_size < 1000
     again = run(_drrn(tmp_path, checkpoint=str(pointer)), reg)
     assert again["status"] == "done" and again["metrics"] == rec["metrics"]
+
+
+# ---------------------------------------------------------------- (e) benchmarks/paper_smoke.py
+def _bench(name):
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paper_smoke_shortens_every_length_and_the_dependency(reg):
+    smoke = _bench("paper_smoke")
+    rad = smoke.shortened(reg, "radiounet-c", "paper")
+    assert rad["steps_u1"] == rad["steps_u2"] == 2 and rad["batch_size"] == 1 and rad["val_max"] == 1
+    lic = smoke.shortened(reg, "licgdm", "paper")
+    assert lic["finetune_steps"] == 2 and lic["cgdm.steps"] == 2 and lic["cgdm.batch_size"] == 1
+    assert lic["sample_steps"] == 2 and smoke.shortened(reg, "srgan-mse", "paper")["srresnet.steps"] == 2
+    for name in smoke.learned_methods(reg):  # every shortened paper profile passes the --set checks
+        _method_sets(reg, [name], "paper", smoke.shortened(reg, name, "paper"))
+
+
+def test_paper_smoke_image_folder_loads(tmp_path):
+    from ckmbench.data.registry import load_dataset
+
+    root = _bench("paper_smoke").write_image_folder(tmp_path / "maps", 32, n_scenes=3, tx_per_scene=1)
+    ds = load_dataset("imagefolder", root=str(root), progress=False)
+    assert ds.shape == (32, 32) and [len(ds.split(s)) for s in ("train", "val", "test")] == [1, 1, 1]
+
+
+def test_paper_smoke_tiny_prints_a_row_per_method(tmp_path, capsys):
+    smoke = _bench("paper_smoke")
+    assert smoke.main(["--profile", "tiny", "--methods", "drrn", "--data-dir", str(tmp_path),
+                       "--json", str(tmp_path / "rows.json")]) == 0
+    import json
+
+    (row,) = json.loads((tmp_path / "rows.json").read_text())
+    assert row["status"] == "done" and row["steps_done"] == 2 and row["params"] > 0
+    assert row["s_per_train_step"] > 0 and row["s_per_sampling_step"] > 0 and row["maxrss_mb"] > 50
+    assert "| drrn " in capsys.readouterr().out
