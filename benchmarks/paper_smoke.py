@@ -37,6 +37,7 @@ DEPENDS_ON = {"licgdm": "cgdm"}
 TASKS = ("sr4", "envgen-static", "inpaint", "sparse")  # the first of these that a method runs
 SIZE_128 = ("cgdm", "licgdm")  # paper map size 128²; every other learned method 256²
 NOT_LENGTHS = ("sample_steps", "physics_ddim_steps", "warmup_steps", "timesteps")
+SIM_WORKERS = 1  # processes simulating the maps (1: the CPU here is shared; gpu_check.py uses all)
 
 
 def learned_methods(reg) -> list[str]:
@@ -93,7 +94,7 @@ def write_image_folder(root: Path, size: int, n_scenes: int = 4, tx_per_scene: i
     if (root / "splits.json").is_file():
         return root
     ds = build_city_dataset(name=f"smoke-{size}", size=size, pixel_m=1.0, n_scenes=n_scenes,
-                            tx_per_scene=tx_per_scene, cars=False, seed=0, workers=1, progress=False)
+                            tx_per_scene=tx_per_scene, cars=False, seed=0, workers=SIM_WORKERS, progress=False)
     tmp = Path(tempfile.mkdtemp(prefix=".smoke-", dir=root.parent))
     (tmp / "gain").mkdir()
     (tmp / "buildings").mkdir()
@@ -134,6 +135,7 @@ def run_one(name: str, profile: str, dataset: str, data_root: str | None, work: 
 
     reg = registry()
     spec = reg.method(name)
+    work.mkdir(parents=True, exist_ok=True)
     os.environ["CKMBENCH_VGG19"] = str(stand_in_vgg19(work))
     os.environ["CKMBENCH_FITS"] = str(work / "fits")
     hparams = shortened(reg, name, profile, steps, batch, sample_steps, amp)

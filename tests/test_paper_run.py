@@ -206,3 +206,34 @@ def test_paper_smoke_tiny_prints_a_row_per_method(tmp_path, capsys):
     assert row["status"] == "done" and row["steps_done"] == 2 and row["params"] > 0
     assert row["s_per_train_step"] > 0 and row["s_per_sampling_step"] > 0 and row["maxrss_mb"] > 50
     assert "| drrn " in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- (f) benchmarks/gpu_check.py
+def test_gpu_check_runs_on_the_cpu_at_tiny_and_writes_one_json(tmp_path):
+    import json
+
+    gpu_check = _bench("gpu_check")
+    out = tmp_path / "check.json"
+    code = gpu_check.main(["--device", "cpu", "--profile", "tiny", "--methods", "drrn", "--steps", "2", "--out",
+                           str(out), "--skip-pytest", "--work", str(tmp_path / "work")])
+    result = json.loads(out.read_text())
+    assert code == 0, result
+    assert [(r["method"], r["amp"], r["status"]) for r in result["methods"]] == [("drrn", None, "done"),
+                                                                                  ("drrn", "bf16", "done")]
+    assert all(r["finite_loss"] and r["s_per_train_step"] > 0 and r["s_per_sampling_step"] > 0
+               for r in result["methods"])
+    assert result["torchrun"]["status"] == "done" and result["torchrun"]["backend"] == "gloo", result["torchrun"]
+    assert result["torchrun"]["steps_done"] == 2 and result["environment"]["device"] == "cpu"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_a_short_cuda_run_names_the_gpu_and_measures_its_memory(tmp_path, reg, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("CKMBENCH_FITS", str(tmp_path / "fits"))
+    rec = run(_drrn(tmp_path, device="cuda"), reg)
+    assert rec["status"] == "done", rec["message"]
+    assert rec["device"] == torch.cuda.get_device_name(0) and rec["cost"]["peak_mem_mb"] > 0
+    with pytest.raises(CkmError, match="cannot be used here"):
+        resolve_device(f"cuda:{torch.cuda.device_count()}")
