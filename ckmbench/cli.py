@@ -93,6 +93,7 @@ def _parse_sets(values: tuple[str, ...]) -> dict:
 def _method_sets(reg, methods: list[str], profile: str, sets: dict) -> dict[str, dict]:
     """The --set overrides each method gets, checked before any work: a key no method of the
     request knows, or a value of the wrong type, is refused with the valid keys."""
+    from .overrides import check_dotted, resolve_overrides
     from .plugins import require_profile
     from .runner import GENERIC_HPARAMS, check_hparams
 
@@ -100,7 +101,10 @@ def _method_sets(reg, methods: list[str], profile: str, sets: dict) -> dict[str,
     for m in methods:
         spec = reg.method(m)
         known = set(require_profile(spec, profile)) | set(GENERIC_HPARAMS)
-        mine = {k: v for k, v in sets.items() if k in known or len(methods) == 1}
+        # a dotted key (cgdm.steps) goes to every method: the one starting from that fit uses it
+        mine = {k: v for k, v in sets.items() if k in known or "." in k or len(methods) == 1}
+        mine = resolve_overrides(spec, profile, mine)
+        check_dotted(reg, spec, profile, mine)
         check_hparams(spec, profile, mine)
         per_method[m] = mine
     unknown = sorted(set(sets) - {k for d in per_method.values() for k in d})
@@ -150,7 +154,11 @@ def cli(verbose: bool):
 @click.option("--save-predictions", default=None, type=click.Path(file_okay=False),
               help="Also write every scored prediction as DIR/<scene>_<tx>.npy (path gain in dB; "
                    "`ckmbench evaluate --npy-unit db` reads them).")
-@click.option("--set", "sets", multiple=True, help="Hyper-parameter override key=value (repeatable).")
+@click.option("--set", "sets", multiple=True,
+              help="Hyper-parameter override key=value (repeatable); null clears a key, steps_X=N alone replaces "
+                   "epochs_X, <method>.key=value sets the fit a method starts from (cgdm.steps=1000 for licgdm).")
+@click.option("--keep-train-state", is_flag=True,
+              help="Keep a finished fit's resumable trainer state (deleted by default: GBs at the paper profile).")
 @click.option("--fid/--no-fid", default=None,
               help="Compute FID (default: only for inpaint, denoise, generate and the -noisy sr tasks).")
 @click.option("--protocol", default=None,
@@ -173,8 +181,8 @@ def cli(verbose: bool):
 @click.option("--loader-workers", default=None, type=click.IntRange(min=0),
               help="DataLoader worker processes building training batches (default $CKMBENCH_LOADER_WORKERS or 0).")
 def run(method, task, dataset, train_dataset, profile, seed, device, data_root, train_data_root, store, runs_dir,
-        max_test, time_budget, checkpoint, refit, restart, resume, weights, save_predictions, sets, fid, protocol,
-        no_progress, seeds, launcher, jobs, launcher_config, wait, shard, loader_workers):
+        max_test, time_budget, checkpoint, refit, restart, resume, weights, save_predictions, sets, keep_train_state,
+        fid, protocol, no_progress, seeds, launcher, jobs, launcher_config, wait, shard, loader_workers):
     """Fit METHOD on TASK, score it, print the metrics and store a record."""
     from .plugins import registry
     from .report import print_record
@@ -242,7 +250,7 @@ def run(method, task, dataset, train_dataset, profile, seed, device, data_root, 
                       refit=refit, restart=restart, resume=resume, progress=not no_progress and launcher == "inline",
                       fid=fid, hparams=per_method[m],
                       shard=shard_t, loader_workers=loader_workers, weights=weights,
-                      save_predictions=save_predictions)
+                      save_predictions=save_predictions, keep_train_state=keep_train_state)
             for m, t in pairs for sd in seed_list]
     if launcher != "inline":
         _launch(cfgs, launcher, jobs, launcher_config, wait, store_file)

@@ -182,3 +182,18 @@ def describe(entry: FitEntry, source: str, meta: dict | None) -> dict:
            if k not in ("hparams", "method", "method_version", "seed", "profile", "fit_sha256")}
     out.update(key=entry.key, source=source, dir=str(entry.dir))
     return out
+
+
+def drop_train_state(fit_dir: Path) -> int:
+    """Delete the trainer's resumable state files under a finished fit's folder; bytes freed."""
+    from .training import STATE_FILE
+
+    freed = 0
+    for path in Path(fit_dir).rglob(STATE_FILE):
+        try:
+            size = path.stat().st_size
+            path.unlink()
+            freed += size
+        except OSError:
+            continue
+    return freed

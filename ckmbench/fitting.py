@@ -17,7 +17,7 @@ import logging
 import time
 from pathlib import Path
 
-from .fitcache import FitEntry, describe, fit_hparams, fit_key
+from .fitcache import FitEntry, describe, drop_train_state, fit_hparams, fit_key
 from .fitnotice import TrainingNotice, announce_stored, fit_label, say
 from .training import dist_info, init_distributed
 
@@ -74,6 +74,8 @@ def fit_method(method, spec, *, version: str, train_task, train_name: str, train
     }
     if main:
         entry.save(method.state_dict(), meta)
+        if meta["complete"] and not getattr(ctx, "keep_train_state", False):
+            drop_train_state(entry.dir)  # resumable state of a finished fit: GBs nothing reads again
     return describe(entry, "trained", meta)
 
 
@@ -113,9 +115,17 @@ def _agreed(flag: bool, ctx) -> bool:
     return bool(box[0])
 
 
+# Share of the time left that a dependency fit (LiCGDM's CGDM teacher, SRGAN-MSE's SRResNet) may
+# use of a run's --time-budget; the method itself trains until the run's deadline.
+DEPENDENCY_BUDGET_SHARE = 0.5
+
+
 def _dependency_fitter(registry, ctx, **common):
-    """``ctx.fit_dependency(name)``: method ``name`` fitted on the same data, profile and seed."""
+    """``ctx.fit_dependency(name)``: method ``name`` fitted on the same data, profile and seed,
+    with the run's ``--set name.key=value`` overrides and half of the time budget left."""
+    from .overrides import dependency_overrides, resolve_overrides
     from .plugins import require_profile
+    from .runner import check_hparams
 
     def fitted(name: str):
         spec = registry.method(name)
@@ -123,10 +133,17 @@ def _dependency_fitter(registry, ctx, **common):
         # the run's bf16 setting carries over; everything else is the dependency's own profile
         if ctx.amp:
             hparams["amp"] = ctx.amp
+        mine = resolve_overrides(spec, common["profile"], dependency_overrides(ctx.hparams or {}, name))
+        check_hparams(spec, common["profile"], mine)
+        hparams.update(mine)
         method = spec.factory(common["profile"], hparams)
         _, version = registry.method_version(spec.name)
         sub = copy.copy(ctx)
         sub.extras = {}
+        sub.hparams = hparams
+        if ctx.deadline is not None:
+            now = time.monotonic()
+            sub.deadline = now + max(0.0, ctx.deadline - now) * DEPENDENCY_BUDGET_SHARE
         fit_method(method, spec, version=version, hparams=hparams, ctx=sub, registry=registry, **common)
         return method
 

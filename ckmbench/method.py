@@ -37,6 +37,8 @@ class RunContext:
     loader_workers: int = 0
     # Set by fit_method while a fit trains: says how long training will take (ckmbench.fitnotice).
     fit_notice: Any = None
+    # keep the trainer's resumable state of a finished fit (--keep-train-state); default: deleted
+    keep_train_state: bool = False
 
 
 class TaskData:

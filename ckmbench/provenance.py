@@ -43,6 +43,8 @@ def device_name(device: torch.device | str) -> str:
     device = torch.device(device)
     if device.type == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_name(device)
+    if device.type != "cpu":  # what was asked for, never mislabelled as the CPU
+        return str(device)
     return f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
 
 

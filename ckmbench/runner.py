@@ -29,6 +29,7 @@ from .leftovers import mark_examples, unmark_examples, writer
 from .training import dist_info
 from .method import Method, RunContext, TaskData
 from .metrics.cost import PeakMemory
+from .overrides import check_dotted, resolve_overrides
 from .plugins import Registry, _short_error, _SigintWatch, registry as default_registry, require_profile
 from .provenance import base_provenance, config_hash
 from .results import append_record, atomic_write_bytes, atomic_write_text, check_store_writable, default_runs_dir
@@ -97,9 +98,13 @@ def check_hparams(spec, profile: str, overrides: dict) -> None:
     have the type of the profile's value (an int where an int is, a number where a float is);
     a count (positive int) stays >= 1, a non-negative number stays >= 0 and finite.
     """
+    from .overrides import nullable
+
     defaults = require_profile(spec, profile)
     valid = sorted(set(defaults) | set(GENERIC_HPARAMS))
     for key, value in overrides.items():
+        if "." in key:  # a dependency's key: ckmbench.overrides.check_dotted
+            continue
         if key not in valid:
             raise CkmError(f"--set {key}: method '{spec.name}' has no hyper-parameter '{key}': "
                            f"valid ones are {', '.join(valid) or 'none'}")
@@ -108,7 +113,7 @@ def check_hparams(spec, profile: str, overrides: dict) -> None:
         bound = _bound_problem(key, value)
         if bound:
             raise CkmError(f"--set {key}={json.dumps(value)}: '{key}' of method '{spec.name}' must be {bound}")
-        if key not in defaults or defaults[key] is None:
+        if key not in defaults or defaults[key] is None or (value is None and key in nullable(spec)):
             continue
         want, got, default = _kind_of(defaults[key]), _kind_of(value), defaults[key]
         shown = f"--set {key}={json.dumps(value) if not isinstance(value, str) else value}"
@@ -167,6 +172,7 @@ class RunConfig:
     weights: str | None = None
     # write every scored prediction as <scene>_<tx>.npy (path gain in dB) into this folder
     save_predictions: str | None = None
+    keep_train_state: bool = False  # keep a finished fit's resumable trainer state (GBs at paper)
 
 
 @dataclass
@@ -192,6 +198,14 @@ def resolve_device(name: str) -> torch.device:
         raise CkmError(f"unknown device '{name}': use cpu or cuda (or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CkmError(f"device '{name}' requested but CUDA is not available here: use --device cpu")
+    try:  # mps, xpu, a cuda:N past the last GPU...: refused before any work, not as an error record
+        usable = device.type != "meta" and torch.empty(1, device=device).device.type == device.type
+    except Exception:
+        usable = False
+    if not usable:
+        raise CkmError(f"device '{name}' cannot be used here (torch {torch.__version__} has no working "
+                       f"{device.type} backend on this machine): use --device cpu"
+                       f"{' or cuda' if torch.cuda.is_available() else ''}")
     return device
 
 
@@ -214,8 +228,10 @@ def prepare(cfg: RunConfig, reg: Registry) -> Prepared:
     task_spec = reg.task(cfg.task)
     check_supported(spec, cfg.task)
     check_label("method name", spec.name)
-    check_hparams(spec, cfg.profile, cfg.hparams)
-    hparams = {**require_profile(spec, cfg.profile), **cfg.hparams}
+    overrides = resolve_overrides(spec, cfg.profile, cfg.hparams)
+    check_dotted(reg, spec, cfg.profile, overrides)
+    check_hparams(spec, cfg.profile, overrides)
+    hparams = {**require_profile(spec, cfg.profile), **overrides}
     device = resolve_device(cfg.device)
     task = task_spec.make(**task_spec.params)
     train_task_spec = reg.task(task.train_task)
@@ -422,7 +438,8 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
     learned = getattr(spec, "kind", "baseline") != "baseline"
     ctx = RunContext(device=prep.device, seed=cfg.seed, profile=cfg.profile, hparams=prep.hparams, run_dir=run_dir,
                      time_budget_s=cfg.time_budget_s, progress=cfg.progress, amp=prep.hparams.get("amp"),
-                     deadline=deadline if learned else None, loader_workers=workers)
+                     deadline=deadline if learned else None, loader_workers=workers,
+                     keep_train_state=cfg.keep_train_state)
     # A learned method's budget bounds its training: it stops, saves and is scored on what it
     # learned (record: fit.budget_reached). A baseline past the budget is a timeout.
     predict_deadline = None if learned else deadline
@@ -439,7 +456,9 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
             if imported:
                 record["fit"] = imported[1]
             elif cfg.checkpoint:
-                method.load_state_dict(load_checkpoint_file(cfg.checkpoint, map_location=prep.device))
+                from .runweights import run_weights_path
+
+                method.load_state_dict(load_checkpoint_file(run_weights_path(cfg.checkpoint), map_location=prep.device))
             else:
                 record["fit"] = fit_method(
                     method, spec, version=version, train_task=prep.train_task, train_name=train_name,
@@ -453,9 +472,9 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
                 raise RunTimeout(f"time budget of {cfg.time_budget_s:.0f} s exceeded during fit")
             state = method.state_dict()
             if state:
-                buf = io.BytesIO()
-                torch.save(state, buf)
-                atomic_write_bytes(run_dir / "checkpoint.pt", buf.getvalue())
+                from .runweights import write_run_weights
+
+                write_run_weights(run_dir, state, record["fit"], cfg.checkpoint)
             stage = "predict"
             warm_up(method, prep.task, prep.test, ctx)
             t1 = time.perf_counter()

@@ -59,7 +59,7 @@ def test_torchrun_cli_run_stores_one_record(tmp_path, method, task, steps, stage
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CKMBENCH_STORE": str(store), "CKMBENCH_FITS": str(tmp_path / "fits")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", ckmbench, "run",
            "-m", method, "-t", task, "-d", "city-tiny", "-p", "tiny", "--max-test", "2", "--no-progress",
-           "--runs-dir", str(tmp_path / "runs"), "--store", str(store)]
+           "--keep-train-state", "--runs-dir", str(tmp_path / "runs"), "--store", str(store)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     records = [json.loads(line) for line in store.read_text().splitlines() if line.strip()]
