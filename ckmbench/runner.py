@@ -138,6 +138,9 @@ class RunConfig:
     # write the record as a per-run file in the store's pending folder, not into the store
     # (cluster jobs: `ckmbench results collect` merges them, no lock on a shared filesystem)
     pending: bool = False
+    # CPU threads of this run (torch, OpenMP, BLAS): None leaves the process's setting
+    # (the CLI passes ckmbench.threads.choose_threads: --threads, $CKMBENCH_THREADS, idle cores)
+    threads: int | None = None
 
 
 @dataclass
@@ -300,6 +303,10 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
     """
     reg = reg or default_registry()
     store_file = check_store_writable(cfg.store)
+    if cfg.threads is not None:
+        from .threads import apply_threads
+
+        apply_threads(cfg.threads)
     prep = prepare(cfg, reg)
     workers = loader_workers(cfg)
     spec = prep.spec
@@ -404,6 +411,7 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
             "infer_s_per_map": infer_s / len(prep.test),
             "sampling_steps": method.sampling_steps(),
             "peak_mem_mb": peak.peak_mb,
+            "threads": torch.get_num_threads(),  # CPU threads the run computed on
         })
         inference_params = method.inference_parameters()
         if inference_params is not None:  # frozen modules used to predict (S3's count), e.g. a VAE decoder
