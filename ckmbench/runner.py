@@ -122,7 +122,7 @@ class RunConfig:
     store: str | None = None
     runs_dir: str | None = None  # None: beside the store (<store folder>/runs)
     max_test: int | None = None
-    batch_size: int = 16
+    batch_size: int | None = None  # maps predicted at once; None: the method's predict_batch, else 16
     examples: int = 4
     time_budget_s: float | None = None
     checkpoint: str | None = None
@@ -227,13 +227,28 @@ def _uint8(x: np.ndarray) -> np.ndarray:
     return np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
 
 
-def warm_up(method: Method, task, test, ctx: RunContext) -> None:
-    """One untimed prediction of the first test map: lazy initialisation, caches and thread
-    pools are then paid for alike in a sweep and in a single run, outside the timed part."""
+DEFAULT_PREDICT_BATCH = 16
+
+
+def predict_batch_size(cfg: RunConfig, hparams: dict) -> int:
+    """Maps predicted at once: RunConfig.batch_size when given, else the method's
+    ``predict_batch`` hyper-parameter (a profile key, e.g. CGDM's 4), else 16."""
+    size = cfg.batch_size if cfg.batch_size is not None else hparams.get("predict_batch") or DEFAULT_PREDICT_BATCH
+    if int(size) < 1:
+        raise CkmError(f"prediction batch size {size} < 1: give 1 or more")
+    return int(size)
+
+
+def warm_up(method: Method, task, test, ctx: RunContext, batch_size: int = 1) -> None:
+    """One untimed prediction of a real-sized batch (the first test maps) with every sampler cut
+    to one step (ckmbench.warmup): lazy initialisation, caches and thread pools are then paid
+    for alike in a sweep and in a single run, outside the timed part."""
+    from .warmup import warming_up
+
     if len(test) == 0:
         return
-    obs, _, _ = TaskData(test, task, ctx.seed).batch_at([0])
-    with torch.no_grad():
+    obs, _, _ = TaskData(test, task, ctx.seed).batch_at(list(range(min(len(test), batch_size))))
+    with torch.no_grad(), warming_up():
         method.predict(obs.to(ctx.device), ctx)
 
 
@@ -378,9 +393,10 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
                 buf = io.BytesIO()
                 torch.save(state, buf)
                 atomic_write_bytes(run_dir / "checkpoint.pt", buf.getvalue())
-            warm_up(method, prep.task, prep.test, ctx)
+            batch_size = predict_batch_size(cfg, prep.hparams)
+            warm_up(method, prep.task, prep.test, ctx, batch_size)
             t1 = time.perf_counter()
-            pred, target, regions, observations = predict_all(method, prep.task, prep.test, ctx, cfg.batch_size,
+            pred, target, regions, observations = predict_all(method, prep.task, prep.test, ctx, batch_size,
                                                                      predict_deadline)
             infer_s = time.perf_counter() - t1
         pred = pred.clamp(0, 1)
