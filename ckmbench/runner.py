@@ -24,6 +24,7 @@ from .checkpoints import load_checkpoint_file
 from .data.builtin import DEFAULT_DATASET
 from .data.registry import load_dataset
 from .errors import CkmError
+from .fitcache import GENERIC_PREDICT_HPARAMS
 from .fitting import fit_method
 from .training import dist_info
 from .method import Method, RunContext, TaskData
@@ -57,9 +58,10 @@ class RecordNotStored(CkmError):
         self.record = record
 
 
-# Keys every method accepts with --set besides its profile's (none: a method that supports a run
-# option such as amp lists it in its profiles).
-GENERIC_HPARAMS: tuple[str, ...] = ()
+# Keys every method accepts with --set besides its profile's: the prediction-only ones (a method
+# that supports a training option such as amp lists it in its profiles).
+GENERIC_HPARAMS: tuple[str, ...] = GENERIC_PREDICT_HPARAMS
+SAMPLE_AMP = ("fp32", "bf16")  # sample_amp values: predict in fp32 (default) or under bf16 autocast
 
 
 def _kind_of(value) -> str:
@@ -87,6 +89,9 @@ def check_hparams(spec, profile: str, overrides: dict) -> None:
         if key not in valid:
             raise CkmError(f"--set {key}: method '{spec.name}' has no hyper-parameter '{key}': "
                            f"valid ones are {', '.join(valid) or 'none'}")
+        if key == "sample_amp" and value not in SAMPLE_AMP:
+            raise CkmError(f"--set sample_amp={value}: use {' or '.join(SAMPLE_AMP)} (bf16 predicts the fp32 fit "
+                           f"under bf16 autocast)")
         if key not in defaults or defaults[key] is None:
             continue
         want, got, default = _kind_of(defaults[key]), _kind_of(value), defaults[key]
@@ -239,6 +244,14 @@ def predict_batch_size(cfg: RunConfig, hparams: dict) -> int:
     return int(size)
 
 
+def prediction_amp(ctx: RunContext):
+    """bf16 autocast around prediction when the run sets ``sample_amp=bf16`` (the fit is the
+    same fp32 one: the key is not in the fit key); fp32 otherwise."""
+    from .training import autocast
+
+    return autocast(ctx.device, ctx.hparams.get("sample_amp"))
+
+
 def warm_up(method: Method, task, test, ctx: RunContext, batch_size: int = 1) -> None:
     """One untimed prediction of a real-sized batch (the first test maps) with every sampler cut
     to one step (ckmbench.warmup): lazy initialisation, caches and thread pools are then paid
@@ -248,7 +261,7 @@ def warm_up(method: Method, task, test, ctx: RunContext, batch_size: int = 1) ->
     if len(test) == 0:
         return
     obs, _, _ = TaskData(test, task, ctx.seed).batch_at(list(range(min(len(test), batch_size))))
-    with torch.no_grad(), warming_up():
+    with torch.no_grad(), warming_up(), prediction_amp(ctx):
         method.predict(obs.to(ctx.device), ctx)
 
 
@@ -259,7 +272,7 @@ def predict_all(method: Method, task, test, ctx: RunContext, batch_size: int, de
     for obs, target, reg in data.batches(batch_size):
         if deadline is not None and time.monotonic() > deadline:
             raise RunTimeout("time budget exceeded during prediction")
-        with torch.no_grad():
+        with torch.no_grad(), prediction_amp(ctx):
             out = method.predict(obs.to(ctx.device), ctx)
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(target.shape):
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__

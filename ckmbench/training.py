@@ -32,6 +32,7 @@ import math
 import os
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
@@ -247,9 +248,11 @@ def move_batch(batch, device: torch.device):
 
 
 def autocast(device: torch.device, amp: str | None):
-    """bf16 autocast when asked (CPU and CUDA); a no-op context otherwise."""
-    enabled = amp == "bf16"
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+    """bf16 autocast when asked (CPU and CUDA); a no-op context otherwise (not a disabled
+    autocast, which would switch off an outer one such as the runner's ``sample_amp``)."""
+    if amp != "bf16":
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 class EMA:

@@ -373,3 +373,21 @@ def test_every_sampler_takes_one_step_while_warming_up():
             sample()
         assert len(calls) in (1, 2)  # one step (the corrected sampler splits its last step: two calls)
     assert full == [20, 10, 6, 7]
+
+
+def test_sample_amp_bf16_reuses_the_fp32_fit_and_predicts_close(tmp_path, monkeypatch):
+    """--set sample_amp=bf16 samples the same fit (same key, from the cache) under bf16 autocast:
+    the maps change a little (bf16 rounding), the scores stay close."""
+    monkeypatch.setenv("CKMBENCH_FITS", str(tmp_path / "fits"))
+    torch.set_num_threads(1)
+    fp32 = run(cfg(tmp_path, method="cgdm", examples=4))
+    bf16 = run(cfg(tmp_path, method="cgdm", examples=4, hparams={"sample_amp": "bf16"}))
+    assert fp32["status"] == bf16["status"] == "done", (fp32["message"], bf16["message"])
+    assert bf16["fit"]["key"] == fp32["fit"]["key"] and bf16["fit"]["source"] == "cache"
+    assert bf16["hparams"]["sample_amp"] == "bf16" and bf16["config_hash"] != fp32["config_hash"]
+    with np.load(tmp_path / fp32["examples"]) as a, np.load(tmp_path / bf16["examples"]) as b:
+        diff = np.abs(a["prediction"].astype(int) - b["prediction"].astype(int))
+    assert 0 < diff.max() and diff.mean() < 3  # uint8 levels: changed, but within ~1 % of the range
+    assert abs(bf16["metrics"]["psnr"] - fp32["metrics"]["psnr"]) < 0.5
+    with pytest.raises(CkmError, match="sample_amp=fp16: use fp32 or bf16"):
+        run(cfg(tmp_path, method="cgdm", hparams={"sample_amp": "fp16"}))
