@@ -35,6 +35,9 @@ class RunContext:
     # DataLoader worker processes that build training batches ahead (0: in this process;
     # the batches are the same either way). --loader-workers / $CKMBENCH_LOADER_WORKERS.
     loader_workers: int = 0
+    # networks (weights, and so the convolutions' activations) in channels-last memory format:
+    # the runner sets it from the method's measured CPU choice (ckmbench.memformat)
+    channels_last: bool = False
 
 
 class TaskData:

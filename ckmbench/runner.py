@@ -384,6 +384,9 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
     predict_deadline = None if learned else deadline
     try:
         method = spec.factory(cfg.profile, prep.hparams)
+        from .memformat import channels_last_for, method_to_channels_last
+
+        ctx.channels_last = channels_last_for(method, prep.device)
         empty = prep.test.take([])
         train = TaskData(prep.train if prep.train is not None else empty, prep.train_task, cfg.seed)
         val = TaskData(prep.val if prep.val is not None else empty, prep.train_task, cfg.seed)
@@ -406,6 +409,8 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
                 buf = io.BytesIO()
                 torch.save(state, buf)
                 atomic_write_bytes(run_dir / "checkpoint.pt", buf.getvalue())
+            if ctx.channels_last:  # a fit loaded from a file comes in the default format
+                method_to_channels_last(method)
             batch_size = predict_batch_size(cfg, prep.hparams)
             warm_up(method, prep.task, prep.test, ctx, batch_size)
             t1 = time.perf_counter()

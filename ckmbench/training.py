@@ -435,6 +435,12 @@ class Trainer:
     def __init__(self, model: nn.Module, cfg: TrainConfig, ctx, name: str = "model",
                  params: list | None = None, discriminator: nn.Module | None = None,
                  d_cfg: TrainConfig | None = None):
+        if getattr(ctx, "channels_last", False):  # the method's measured CPU choice (ckmbench.memformat)
+            from .memformat import to_channels_last
+
+            for module in (model, discriminator):
+                if module is not None:
+                    to_channels_last(module)
         self.model = model
         self.cfg = cfg
         self.ctx = ctx
