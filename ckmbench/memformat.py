@@ -34,9 +34,17 @@ def channels_last_for(method, device: torch.device) -> bool:
     return bool(getattr(method, "channels_last_cpu", False))
 
 
+CONVOLUTIONS = (nn.Conv2d, nn.ConvTranspose2d)
+
+
 def to_channels_last(module: nn.Module) -> nn.Module:
-    """The module's 4-d weights and buffers in channels-last (in place; the values are the same)."""
-    return module.to(memory_format=torch.channels_last)
+    """The weights of the module's 2-d convolutions in channels-last (in place; same values).
+    Only convolutions: another 4-d parameter (e.g. a complex filter stored as (..., 2) pairs)
+    may need its own layout."""
+    for sub in module.modules():
+        if isinstance(sub, CONVOLUTIONS):
+            sub.to(memory_format=torch.channels_last)
+    return module
 
 
 def method_modules(method) -> list[nn.Module]:

@@ -16,9 +16,9 @@ from ckmbench.training import Trainer, TrainConfig
 
 
 def is_channels_last(module) -> bool:
-    """Every 4-d weight in channels-last, and one at least in no other format (a weight with
-    one input channel is both)."""
-    weights = [p for p in module.parameters() if p.dim() == 4]
+    """Every convolution weight in channels-last, and one at least in no other format (a weight
+    with one input channel is both)."""
+    weights = [m.weight for m in module.modules() if isinstance(m, memformat.CONVOLUTIONS)]
     return (bool(weights) and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
             and any(not p.is_contiguous() for p in weights))
 
@@ -46,9 +46,11 @@ def test_trainer_converts_the_model_when_the_context_says_so():
         return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(4, 2, 3))
 
     on, off = model(), model()
+    on.register_parameter("pairs", torch.nn.Parameter(torch.zeros(2, 3, 4, 2)))  # not a convolution's
     Trainer(on, TrainConfig(steps=1), RunContext(progress=False, channels_last=True))
     Trainer(off, TrainConfig(steps=1), RunContext(progress=False))
     assert is_channels_last(on) and not is_channels_last(off)
+    assert on.pairs.is_contiguous()  # left as it was (a view_as_complex needs its last stride 1)
 
 
 @pytest.mark.parametrize("name, task", [("radiounet-c", "envgen-static")])
