@@ -28,7 +28,7 @@ from ckmbench.training import Trainer
 METHODS = (
     ("cgdm", "sr4", "unet"), ("radiounet-c", "envgen-static", "u2"), ("uvm-net", "envgen-static", "u2"),
     ("rme-gan", "envgen-static", None), ("radiodiff", "envgen-static", "ddm"), ("ckmdiff", "inpaint", "ddm"),
-    ("drrn", "sr4", None), ("srresnet", "sr4", None), ("srgan", "sr4", None), ("cvae", "sr4", None),
+    ("drrn", "sr4", None), ("srresnet", "sr4", None), ("srgan-mse", "sr4", None), ("cvae", "sr4", None),
     ("cgan", "inpaint", None),
 )
 # training lengths of every stage, cut to two steps so the fit reaches the measured trainer quickly
