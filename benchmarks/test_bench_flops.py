@@ -71,7 +71,8 @@ def captured_step(name: str, task: str, trainer_name: str | None):
     over = {k: 2 for k in STAGE_STEPS if k in profile}
     prep = prepare(RunConfig(method=name, task=task, dataset="city", profile="small", hparams=over,
                              progress=False), reg)
-    method = spec.factory("small", prep.hparams)
+    # a fine-tuning method (srgan-mse starts from srresnet) starts from random weights here
+    method = spec.factory("small", {**prep.hparams, **({"init_from": None} if "init_from" in profile else {})})
     ctx = RunContext(seed=0, profile="small", hparams=prep.hparams, progress=False)
     ctx.channels_last = channels_last_for(method, ctx.device)
     original, box = Trainer._one_step, {}
