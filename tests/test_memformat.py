@@ -53,13 +53,16 @@ def test_trainer_converts_the_model_when_the_context_says_so():
     assert on.pairs.is_contiguous()  # left as it was (a view_as_complex needs its last stride 1)
 
 
-@pytest.mark.parametrize("name, task", [("radiounet-c", "envgen-static")])
+@pytest.mark.parametrize("name, task", [("radiounet-c", "envgen-static"), ("drrn", "sr4"), ("srresnet", "sr4")])
 def test_same_weights_predict_the_same_in_both_formats(name, task):
     """A method that uses channels-last: its predictions from the same weights agree within 1e-5."""
     torch.set_num_threads(1)
     reg = registry()
     prep = prepare(RunConfig(method=name, task=task, dataset="city-tiny", profile="tiny", progress=False), reg)
     method = prep.spec.factory("tiny", prep.hparams)
+    if method.net is None:  # a learned SR baseline builds its network for the train task
+        method.meta = method.configure(prep.train_task)
+        method.net = method.build_net()
     assert memformat.channels_last_for(method, torch.device("cpu"))
     obs, _, _ = TaskData(prep.test, prep.task, 0).batch_at(list(range(min(4, len(prep.test)))))
     ctx = RunContext(progress=False)
