@@ -144,3 +144,33 @@ def test_cli_threads_option_reaches_the_record(tmp_path, restore_threads, monkey
     assert read_records(store)[-1]["cost"]["threads"] == min(2, threads.machine_cores())
     with pytest.raises(SystemExit):
         cli.main(["run", "-m", "bilinear", "-t", "sr4", "--threads", "0"])
+
+
+@pytest.mark.parametrize("path", [("run",), ("evaluate",), ("leaderboard",), ("data", "generate"), ("data", "simulate")])
+def test_every_computing_command_takes_threads(path):
+    from ckmbench import cli
+
+    command = cli.cli
+    for name in path:
+        command = command.commands[name]
+    assert "threads" in [p.name for p in command.params]
+
+
+def test_data_generate_shares_the_threads_between_its_workers(machine, monkeypatch, restore_threads):
+    """`data generate --threads 4 --workers 2`: two scene processes, each with 2 threads."""
+    from ckmbench import cli
+    from ckmbench.data import builtin
+
+    seen = {}
+
+    def fake_load_city(name, shard=None, force=False, workers=0):
+        seen.update(workers=workers, threads=torch.get_num_threads(), child=os.environ["OMP_NUM_THREADS"])
+        raise CkmError("stop here")
+
+    monkeypatch.setattr(builtin, "load_city", fake_load_city)
+    with pytest.raises(SystemExit):
+        cli.main(["data", "generate", "-d", "city-tiny", "--threads", "4", "--workers", "2"])
+    assert seen == {"workers": 2, "threads": 2, "child": "2"}
+    with pytest.raises(SystemExit):
+        cli.main(["data", "generate", "-d", "city-tiny", "--threads", "3"])  # one worker per thread
+    assert seen == {"workers": 3, "threads": 1, "child": "1"}
