@@ -115,6 +115,13 @@ def _method_sets(reg, methods: list[str], profile: str, sets: dict) -> dict[str,
     return per_method
 
 
+def threads_option(fn):
+    """--threads N of a command that computes (ckmbench.threads.choose_threads)."""
+    return click.option("--threads", default=None, type=click.IntRange(min=1),
+                        help="CPU threads (default $CKMBENCH_THREADS, else $OMP_NUM_THREADS, else the idle cores; "
+                             "parallel jobs share them).")(fn)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ckmbench")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
@@ -180,9 +187,10 @@ def cli(verbose: bool):
                                             "the n shards into one record.")
 @click.option("--loader-workers", default=None, type=click.IntRange(min=0),
               help="DataLoader worker processes building training batches (default $CKMBENCH_LOADER_WORKERS or 0).")
+@threads_option
 def run(method, task, dataset, train_dataset, profile, seed, device, data_root, train_data_root, store, runs_dir,
         max_test, time_budget, checkpoint, refit, restart, resume, weights, save_predictions, sets, keep_train_state,
-        fid, protocol, no_progress, seeds, launcher, jobs, launcher_config, wait, shard, loader_workers):
+        fid, protocol, no_progress, seeds, launcher, jobs, launcher_config, wait, shard, loader_workers, threads):
     """Fit METHOD on TASK, score it, print the metrics and store a record."""
     from .plugins import registry
     from .report import print_record
@@ -250,9 +258,10 @@ def run(method, task, dataset, train_dataset, profile, seed, device, data_root, 
                       refit=refit, restart=restart, resume=resume, progress=not no_progress and launcher == "inline",
                       fid=fid, hparams=per_method[m],
                       shard=shard_t, loader_workers=loader_workers, weights=weights,
-                      save_predictions=save_predictions, keep_train_state=keep_train_state)
+                      save_predictions=save_predictions, keep_train_state=keep_train_state,
+                      threads=_choose_threads(threads) if launcher == "inline" else threads)
             for m, t in pairs for sd in seed_list]
-    if launcher != "inline":
+    if launcher != "inline":  # local jobs share the threads; a cluster job judges them where it runs
         _launch(cfgs, launcher, jobs, launcher_config, wait, store_file)
         return
     failed = 0
@@ -285,6 +294,18 @@ def run(method, task, dataset, train_dataset, profile, seed, device, data_root, 
         sys.exit(1)
 
 
+def _choose_threads(requested: int | None, jobs: int = 1) -> int:
+    from .threads import choose_threads
+
+    return choose_threads(requested, jobs)
+
+
+def _use_threads(requested: int | None, jobs: int = 1) -> int:
+    from .threads import use_threads
+
+    return use_threads(requested, jobs)
+
+
 def _parse_seeds(value: str) -> list[int]:
     try:
         seeds = [int(v) for v in value.split(",") if v.strip()]
@@ -302,7 +323,7 @@ def _launch(cfgs, launcher: str, jobs: int, launcher_config, wait, store_file: P
 
     if launcher == "local":
         click.echo(f"{len(cfgs)} run(s) in {min(jobs, len(cfgs))} parallel process(es)")
-        results = launch_local(cfgs, jobs)
+        results = launch_local(cfgs, jobs, cfgs[0].threads)
     else:
         cluster = "slurm" if launcher == "slurm" else "local"
         folder = store_file.parent / "submitit"
@@ -364,8 +385,10 @@ def stamp_cmd(store):
 @click.option("--store", default=None)
 @click.option("--record/--no-record", default=True, show_default=True, help="Append a record to the store.")
 @click.option("--fid/--no-fid", default=None, help="Compute FID (default: as for `ckmbench run`).")
-def evaluate(task, dataset, predictions, name, npy_unit, data_root, store, record, fid):
+@threads_option
+def evaluate(task, dataset, predictions, name, npy_unit, data_root, store, record, fid, threads):
     """Score predictions made outside ckmbench under the same protocol."""
+    _use_threads(threads)
     from .external import evaluate_predictions
     from .report import print_record
 
@@ -387,8 +410,10 @@ def evaluate(task, dataset, predictions, name, npy_unit, data_root, store, recor
 @click.option("--full", is_flag=True, help="Rebuild every table, not only those whose records changed.")
 @click.option("--reported", is_flag=True,
               help="Also write the tables that hold only numbers reported in the papers (the committed leaderboards do).")
-def leaderboard(store, out, prune, allow_mixed, full, reported):
+@threads_option
+def leaderboard(store, out, prune, allow_mixed, full, reported, threads):
     """Rebuild the leaderboard tables and figures from the results store."""
+    _use_threads(threads)
     from importlib import resources
 
     from .leaderboard import build_leaderboards
@@ -473,9 +498,12 @@ def data():
 @click.option("--dataset", "-d", "datasets", multiple=True, help="Dataset(s) to build (default: city, city-128).")
 @click.option("--shard", default=None, help="Build only shard i/n of the scenes (for clusters).")
 @click.option("--force", is_flag=True, help="Rebuild even when cached.")
-@click.option("--workers", default=0, type=click.IntRange(min=0), help="Processes (0 = all cores).")
-def generate(datasets, shard, force, workers):
+@click.option("--workers", default=0, type=click.IntRange(min=0), help="Processes (0 = one per thread of --threads).")
+@threads_option
+def generate(datasets, shard, force, workers, threads):
     """Generate (and cache) built-in datasets."""
+    workers = workers or _choose_threads(threads)
+    _use_threads(threads, jobs=workers)  # each worker process its share (spawned ones read the environment)
     from .data import builtin
     from .plugins import registry
 
@@ -550,8 +578,10 @@ def show(dataset, data_root, split, count, out):
               help="Transmitter height in metres.")
 @click.option("--cars", default=None, type=click.Path(), help="Optional car mask PNG/NPY.")
 @click.option("--frequency-ghz", default=5.9, show_default=True, type=Finite(0.1, 100, hint=" (GHz)"))
-def simulate(buildings, tx, out, pixel_m, tx_height, cars, frequency_ghz):
+@threads_option
+def simulate(buildings, tx, out, pixel_m, tx_height, cars, frequency_ghz, threads):
     """Simulate the path-gain map of any building layout with the built-in simulator."""
+    _use_threads(threads)
     from .simulate_cli import simulate_layout_file
 
     path, png, gain = simulate_layout_file(Path(buildings), tx, Path(out), pixel_m, tx_height,

@@ -47,14 +47,20 @@ def fit_key(method: str, method_version: str, train_task: str, train_dataset_has
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+# Prediction-only settings every method accepts (--set): never part of a fit's key.
+# sample_amp=bf16 predicts (samples) a fp32 fit under bf16 autocast.
+GENERIC_PREDICT_HPARAMS = ("sample_amp",)
+
+
 def fit_hparams(method, hparams: dict) -> dict:
-    """The hyper-parameters that change training: all but the method's ``predict_hparams``.
+    """The hyper-parameters that change training: all but the method's ``predict_hparams``
+    (and the generic prediction-only ones).
 
     Keys named in the method's ``weight_files`` ({hparam: environment variable or None}) name a
     local weights file (ImageNet VGG19, Swin...): the key holds the file's content digest, not its
     path, so moving the file reuses the fit and another file (or one given only through the
     environment variable) never does."""
-    skip = set(getattr(method, "predict_hparams", ()))
+    skip = set(getattr(method, "predict_hparams", ())) | set(GENERIC_PREDICT_HPARAMS)
     out = {k: v for k, v in sorted(hparams.items()) if k not in skip}
     for key, env_var in (getattr(method, "weight_files", None) or {}).items():
         given = hparams.get(key) or (os.environ.get(env_var) if env_var else None)

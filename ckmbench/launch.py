@@ -25,16 +25,15 @@ LAUNCHERS = ("inline", "local", "slurm", "submitit-local")
 DEFAULT_RESOURCES = {"timeout_min": 240, "cpus_per_task": 4}
 
 
-def run_job(cfg: dict, threads: int | None = None) -> dict:
+def run_job(cfg: dict) -> dict:
     """One job: the run of ``cfg`` (a RunConfig as a dict), its record written as a pending file.
-    Returns what the launcher prints (never raises for a failed run: the record says it)."""
-    import torch
-
+    Returns what the launcher prints (never raises for a failed run: the record says it).
+    A job whose config names no thread count (a cluster job) judges it where it runs."""
     from .runner import RecordNotStored, RunConfig, run
+    from .threads import choose_threads
 
-    if threads:
-        torch.set_num_threads(threads)
     config = RunConfig(**{**cfg, "pending": True})
+    config.threads = config.threads or choose_threads()
     try:
         record = run(config)
     except RecordNotStored as exc:
@@ -130,12 +129,17 @@ def worker_pool(jobs: int, gpus: list[str]):
                                initargs=(os.getpid(), context.Value("i", 0), gpus))
 
 
-def launch_local(cfgs: list, jobs: int) -> list[dict]:
-    """The runs in ``jobs`` parallel processes (:func:`worker_pool`), cores shared out between them."""
-    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+def launch_local(cfgs: list, jobs: int, threads: int | None = None) -> list[dict]:
+    """The runs in ``jobs`` parallel processes (:func:`worker_pool`), the threads (``threads``, else
+    :func:`ckmbench.threads.choose_threads`) shared out between them so they never oversubscribe
+    the cores."""
+    from .threads import choose_threads
+
+    share = choose_threads(threads, jobs=min(jobs, len(cfgs)) or 1)
+    cfgs = [dataclasses.replace(c, threads=share) for c in cfgs]
     gpus = visible_gpus() if any(str(c.device).startswith("cuda") for c in cfgs) else []
     with worker_pool(jobs, gpus) as pool:
-        futures = [pool.submit(run_job, _as_dict(c), threads) for c in cfgs]
+        futures = [pool.submit(run_job, _as_dict(c)) for c in cfgs]
         return [f.result() for f in futures]
 
 

@@ -39,6 +39,9 @@ class RunContext:
     fit_notice: Any = None
     # keep the trainer's resumable state of a finished fit (--keep-train-state); default: deleted
     keep_train_state: bool = False
+    # networks (weights, and so the convolutions' activations) in channels-last memory format:
+    # the runner sets it from the method's measured CPU choice (ckmbench.memformat)
+    channels_last: bool = False
 
 
 class TaskData:

@@ -25,7 +25,7 @@ Record schema (all keys always present; values may be null):
                                               psnr, ssim, "mse@outdoor", "ssim@hole", fid
     metric_notes         {name: str|int}      e.g. fid_n, fid_weights, fid_weights_sha256,
                                               "fid": "unavailable: <reason>"
-    cost                 {params, train_s, infer_s_per_map, sampling_steps, peak_mem_mb[, params_inference]}
+    cost                 {params, train_s, infer_s_per_map, sampling_steps, peak_mem_mb, threads[, params_inference]}
     hparams              {...}  the profile's hyper-parameters actually used
     config_hash          str   sha256 of the run config (method, task, datasets+hashes,
                                profile, hparams, seed, protocol_version)

@@ -24,6 +24,7 @@ from .checkpoints import load_checkpoint_file
 from .data.builtin import DEFAULT_DATASET
 from .data.registry import load_dataset
 from .errors import CkmError
+from .fitcache import GENERIC_PREDICT_HPARAMS
 from .fitting import fit_method
 from .leftovers import mark_examples, unmark_examples, writer
 from .training import dist_info
@@ -60,9 +61,10 @@ class RecordNotStored(CkmError):
         self.record = record
 
 
-# Keys every method accepts with --set besides its profile's (none: a method that supports a run
-# option such as amp lists it in its profiles).
-GENERIC_HPARAMS: tuple[str, ...] = ()
+# Keys every method accepts with --set besides its profile's: the prediction-only ones (a method
+# that supports a training option such as amp lists it in its profiles).
+GENERIC_HPARAMS: tuple[str, ...] = GENERIC_PREDICT_HPARAMS
+SAMPLE_AMP = ("fp32", "bf16")  # sample_amp values: predict in fp32 (default) or under bf16 autocast
 
 
 def _kind_of(value) -> str:
@@ -113,6 +115,9 @@ def check_hparams(spec, profile: str, overrides: dict) -> None:
         bound = _bound_problem(key, value)
         if bound:
             raise CkmError(f"--set {key}={json.dumps(value)}: '{key}' of method '{spec.name}' must be {bound}")
+        if key == "sample_amp" and value not in SAMPLE_AMP:
+            raise CkmError(f"--set sample_amp={value}: use {' or '.join(SAMPLE_AMP)} (bf16 predicts the fp32 fit "
+                           f"under bf16 autocast)")
         if key not in defaults or defaults[key] is None or (value is None and key in nullable(spec)):
             continue
         want, got, default = _kind_of(defaults[key]), _kind_of(value), defaults[key]
@@ -148,7 +153,7 @@ class RunConfig:
     store: str | None = None
     runs_dir: str | None = None  # None: beside the store (<store folder>/runs)
     max_test: int | None = None
-    batch_size: int = 16
+    batch_size: int | None = None  # maps predicted at once; None: the method's predict_batch, else 16
     examples: int = 4
     time_budget_s: float | None = None
     checkpoint: str | None = None
@@ -173,6 +178,9 @@ class RunConfig:
     # write every scored prediction as <scene>_<tx>.npy (path gain in dB) into this folder
     save_predictions: str | None = None
     keep_train_state: bool = False  # keep a finished fit's resumable trainer state (GBs at paper)
+    # CPU threads of this run (torch, OpenMP, BLAS): None leaves the process's setting
+    # (the CLI passes ckmbench.threads.choose_threads: --threads, $CKMBENCH_THREADS, idle cores)
+    threads: int | None = None
 
 
 @dataclass
@@ -270,13 +278,36 @@ def _uint8(x: np.ndarray) -> np.ndarray:
     return np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
 
 
-def warm_up(method: Method, task, test, ctx: RunContext) -> None:
-    """One untimed prediction of the first test map: lazy initialisation, caches and thread
-    pools are then paid for alike in a sweep and in a single run, outside the timed part."""
+DEFAULT_PREDICT_BATCH = 16
+
+
+def predict_batch_size(cfg: RunConfig, hparams: dict) -> int:
+    """Maps predicted at once: RunConfig.batch_size when given, else the method's
+    ``predict_batch`` hyper-parameter (a profile key, e.g. CGDM's 4), else 16."""
+    size = cfg.batch_size if cfg.batch_size is not None else hparams.get("predict_batch") or DEFAULT_PREDICT_BATCH
+    if int(size) < 1:
+        raise CkmError(f"prediction batch size {size} < 1: give 1 or more")
+    return int(size)
+
+
+def prediction_amp(ctx: RunContext):
+    """bf16 autocast around prediction when the run sets ``sample_amp=bf16`` (the fit is the
+    same fp32 one: the key is not in the fit key); fp32 otherwise."""
+    from .training import autocast
+
+    return autocast(ctx.device, ctx.hparams.get("sample_amp"))
+
+
+def warm_up(method: Method, task, test, ctx: RunContext, batch_size: int = 1) -> None:
+    """One untimed prediction of a real-sized batch (the first test maps) with every sampler cut
+    to one step (ckmbench.warmup): lazy initialisation, caches and thread pools are then paid
+    for alike in a sweep and in a single run, outside the timed part."""
+    from .warmup import warming_up
+
     if len(test) == 0:
         return
-    obs, _, _ = TaskData(test, task, ctx.seed).batch_at([0])
-    with torch.no_grad():
+    obs, _, _ = TaskData(test, task, ctx.seed).batch_at(list(range(min(len(test), batch_size))))
+    with torch.no_grad(), warming_up(), prediction_amp(ctx):
         method.predict(obs.to(ctx.device), ctx)
 
 
@@ -287,7 +318,7 @@ def predict_all(method: Method, task, test, ctx: RunContext, batch_size: int, de
     for obs, target, reg in data.batches(batch_size):
         if deadline is not None and time.monotonic() > deadline:
             raise RunTimeout("time budget exceeded during prediction")
-        with torch.no_grad():
+        with torch.no_grad(), prediction_amp(ctx):
             out = method.predict(obs.to(ctx.device), ctx)
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(target.shape):
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -376,6 +407,10 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
     """
     reg = reg or default_registry()
     store_file = check_store_writable(cfg.store)
+    if cfg.threads is not None:
+        from .threads import apply_threads
+
+        apply_threads(cfg.threads)
     prep = prepare(cfg, reg)
     workers = loader_workers(cfg)
     spec = prep.spec
@@ -448,6 +483,9 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
     try:
         method = imported[0] if imported else spec.factory(cfg.profile, prep.hparams)
         stage = "fit"
+        from .memformat import channels_last_for, method_to_channels_last
+
+        ctx.channels_last = channels_last_for(method, prep.device)
         empty = prep.test.take([])
         train = TaskData(prep.train if prep.train is not None else empty, prep.train_task, cfg.seed)
         val = TaskData(prep.val if prep.val is not None else empty, prep.train_task, cfg.seed)
@@ -476,9 +514,12 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
 
                 write_run_weights(run_dir, state, record["fit"], cfg.checkpoint)
             stage = "predict"
-            warm_up(method, prep.task, prep.test, ctx)
+            if ctx.channels_last:  # a fit loaded from a file comes in the default format
+                method_to_channels_last(method)
+            batch_size = predict_batch_size(cfg, prep.hparams)
+            warm_up(method, prep.task, prep.test, ctx, batch_size)
             t1 = time.perf_counter()
-            pred, target, regions, observations = predict_all(method, prep.task, prep.test, ctx, cfg.batch_size,
+            pred, target, regions, observations = predict_all(method, prep.task, prep.test, ctx, batch_size,
                                                                      predict_deadline)
             infer_s = time.perf_counter() - t1
         stage = "scoring"
@@ -513,6 +554,7 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
             "infer_s_per_map": infer_s / len(prep.test),
             "sampling_steps": method.sampling_steps(),
             "peak_mem_mb": peak.peak_mb,
+            "threads": torch.get_num_threads(),  # CPU threads the run computed on
         })
         inference_params = method.inference_parameters()
         if inference_params is not None:  # frozen modules used to predict (S3's count), e.g. a VAE decoder

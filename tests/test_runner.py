@@ -289,3 +289,109 @@ def test_inference_parameters_are_recorded_only_where_a_method_reports_them(tmp_
     assert learned["status"] == "done", learned["message"]
     assert learned["cost"]["params_inference"] == 32 * 32
     assert "params_inference" not in run(cfg(tmp_path))["cost"]
+
+
+# ---------------------------------------------------------------- prediction batches and warm-up
+class CountingSampler(Method):
+    """A 'diffusion' method: DDIM over ``sample_steps`` steps; records each predict's batch
+    size and how many network calls it made."""
+
+    name = "countingsampler"
+    calls: list = []
+
+    def predict(self, obs, ctx):
+        from ckmbench.diffusion import GaussianDiffusion
+
+        diffusion = GaussianDiffusion.from_schedule("linear", 50, 1e-4, 2e-2)
+        n = {"calls": 0}
+
+        def model_fn(x, t):
+            n["calls"] += 1
+            return torch.zeros_like(x)
+
+        shape = (len(obs), 1, *obs.out_shape)
+        x = diffusion.ddim_sample(model_fn, shape, int(self.hparams["sample_steps"]), generator=torch.Generator())
+        CountingSampler.calls.append((len(obs), n["calls"]))
+        return x.clamp(0, 1)
+
+
+def sampler_registry(profile: dict):
+    mod = types.ModuleType("sampler_methods")
+
+    def register_methods(register):
+        register(MethodSpec(name="countingsampler", factory=lambda p, h: CountingSampler(p, h), tasks=("sr4",),
+                            profiles={p: dict(profile) for p in ("tiny", "small", "paper")}))
+
+    mod.ckmbench_register_methods = hookimpl(register_methods)
+    return load_registry(extra_plugins=(mod,))
+
+
+@pytest.mark.parametrize("profile, batch_size, expected", [
+    ({"sample_steps": 5, "predict_batch": 3}, None, [3, 1]),  # the method's predict_batch
+    ({"sample_steps": 5}, None, [4]),  # no predict_batch: 16 at a time (city-tiny tests 4 maps)
+    ({"sample_steps": 5, "predict_batch": 3}, 2, [2, 2]),  # RunConfig.batch_size wins
+])
+def test_prediction_batches_follow_predict_batch(tmp_path, profile, batch_size, expected):
+    CountingSampler.calls = []
+    rec = run(cfg(tmp_path, method="countingsampler", batch_size=batch_size), sampler_registry(profile))
+    assert rec["status"] == "done", rec["message"]
+    warm, timed = CountingSampler.calls[0], CountingSampler.calls[1:]
+    assert [b for b, _ in timed] == expected
+    assert warm[0] == expected[0]  # the warm-up predicts one real-sized batch
+
+
+def test_warm_up_takes_one_sampler_step(tmp_path):
+    CountingSampler.calls = []
+    rec = run(cfg(tmp_path, method="countingsampler", max_test=4), sampler_registry({"sample_steps": 25,
+                                                                                     "predict_batch": 4}))
+    assert rec["status"] == "done", rec["message"]
+    assert CountingSampler.calls == [(4, 1), (4, 25)]  # warm-up: one network call; the scored pass: 25
+
+
+def test_every_sampler_takes_one_step_while_warming_up():
+    from ckmbench.diffusion import GaussianDiffusion
+    from ckmbench.latent.ddm import DecoupledDiffusion
+    from ckmbench.warmup import warming_up
+
+    calls = []
+
+    def eps(x, t):
+        calls.append(1)
+        return torch.zeros_like(x)
+
+    def ddm_fn(z, t):
+        calls.append(1)
+        return torch.zeros_like(z), torch.zeros_like(z)
+
+    gauss = GaussianDiffusion.from_schedule("linear", 20, 1e-4, 2e-2)
+    ddm = DecoupledDiffusion()
+    samplers = [lambda: gauss.sample(eps, (1, 1, 4, 4)), lambda: gauss.ddim_sample(eps, (1, 1, 4, 4), 10),
+                lambda: ddm.sample(ddm_fn, (1, 1, 4, 4), 6), lambda: ddm.sample_corrected(ddm_fn, (1, 1, 4, 4), 6)]
+    full = []
+    for sample in samplers:
+        calls.clear()
+        sample()
+        full.append(len(calls))
+        calls.clear()
+        with warming_up():
+            sample()
+        assert len(calls) in (1, 2)  # one step (the corrected sampler splits its last step: two calls)
+    assert full == [20, 10, 6, 7]
+
+
+def test_sample_amp_bf16_reuses_the_fp32_fit_and_predicts_close(tmp_path, monkeypatch):
+    """--set sample_amp=bf16 samples the same fit (same key, from the cache) under bf16 autocast:
+    the maps change a little (bf16 rounding), the scores stay close."""
+    monkeypatch.setenv("CKMBENCH_FITS", str(tmp_path / "fits"))
+    torch.set_num_threads(1)
+    fp32 = run(cfg(tmp_path, method="cgdm", examples=4))
+    bf16 = run(cfg(tmp_path, method="cgdm", examples=4, hparams={"sample_amp": "bf16"}))
+    assert fp32["status"] == bf16["status"] == "done", (fp32["message"], bf16["message"])
+    assert bf16["fit"]["key"] == fp32["fit"]["key"] and bf16["fit"]["source"] == "cache"
+    assert bf16["hparams"]["sample_amp"] == "bf16" and bf16["config_hash"] != fp32["config_hash"]
+    with np.load(tmp_path / fp32["examples"]) as a, np.load(tmp_path / bf16["examples"]) as b:
+        diff = np.abs(a["prediction"].astype(int) - b["prediction"].astype(int))
+    assert 0 < diff.max() and diff.mean() < 3  # uint8 levels: changed, but within ~1 % of the range
+    assert abs(bf16["metrics"]["psnr"] - fp32["metrics"]["psnr"]) < 0.5
+    with pytest.raises(CkmError, match="sample_amp=fp16: use fp32 or bf16"):
+        run(cfg(tmp_path, method="cgdm", hparams={"sample_amp": "fp16"}))

@@ -177,6 +177,33 @@ def test_ema_follows_the_weights_before_start_then_averages():
     assert ema.shadow["weight"].item() == pytest.approx(11.0)
 
 
+def test_ema_fused_update_equals_the_per_tensor_loop():
+    """The fused lerp gives the old loop's s = d*s + (1-d)*v (float tolerance) on a net with
+    an integer buffer (BatchNorm's num_batches_tracked, copied as it is)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 1, 1))
+    ema = EMA(model, decay=0.99, start=3)
+    loop = {k: v.clone() for k, v in model.state_dict().items()}
+    for step in range(8):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model.train()(torch.randn(2, 1, 6, 6))  # moves the BatchNorm statistics and counter
+        ema.update(model, step)
+        d = 0.99 if step >= 3 else 0.0
+        for k, v in model.state_dict().items():  # the loop the fused update replaced
+            if v.dtype.is_floating_point:
+                loop[k].mul_(d).add_(v, alpha=1.0 - d)
+            else:
+                loop[k].copy_(v)
+    assert ema.shadow.keys() == loop.keys()
+    for k in loop:
+        assert ema.shadow[k].dtype == loop[k].dtype
+        torch.testing.assert_close(ema.shadow[k], loop[k], rtol=1e-6, atol=1e-6)
+    assert ema.shadow["1.num_batches_tracked"].item() == 8
+    assert not torch.equal(ema.shadow["0.weight"], model.state_dict()["0.weight"])  # it averaged
+
+
 @pytest.mark.parametrize("schedule,at_end", [("constant", 1.0), ("linear", 0.1), ("cosine", 0.1)])
 def test_lr_schedules_reach_their_end(schedule, at_end):
     f = lr_lambda(TrainConfig(steps=100, lr=1e-3, lr_end=1e-4, lr_schedule=schedule))

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..warmup import sampler_steps
+
 __all__ = ["GaussianDiffusion", "PREDICTIONS", "SPACINGS", "ddim_timesteps"]
 
 PREDICTIONS = ("eps", "x0", "v")
@@ -229,7 +231,8 @@ class GaussianDiffusion:
         x, device = self._prepare(shape, generator, device, dtype, x_T)
         c1, c2 = self.posterior_mean_coef1.tolist(), self.posterior_mean_coef2.tolist()
         sd = self.posterior_variance.sqrt().tolist()
-        for t in self._iter(range(self.T - 1, -1, -1), progress, "DDPM"):
+        timesteps = range(self.T - 1, self.T - 1 - sampler_steps(self.T), -1)  # one step in a warm-up
+        for t in self._iter(timesteps, progress, "DDPM"):
             x0_hat, _ = self._predict(model_fn, x, t, clip_x0)
             x = (c1[t] * x0_hat + c2[t] * x).to(dtype)
             if t > 0:
@@ -253,7 +256,7 @@ class GaussianDiffusion:
         also gives ``eps_hat`` (diffusers' ``use_clipped_model_output=True``), so ``steps = T``,
         ``eta = 1`` is the ancestral sampler, clipped or not.
         """
-        ts = ddim_timesteps(self.T, steps, spacing)
+        ts = ddim_timesteps(self.T, sampler_steps(steps), spacing)
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
         x, device = self._prepare(shape, generator, device, dtype, x_T)

@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 
 from ..errors import CkmError
+from ..warmup import sampler_steps
 
 LOSSES = ("l2", "radiodiff")
 
@@ -87,6 +88,7 @@ class DecoupledDiffusion:
         """S1 Alg. 2 over ``steps`` equal steps from t = 1 to 0; returns the final z0."""
         if not isinstance(steps, int) or steps < 1:
             raise CkmError(f"decoupled diffusion: sample_steps must be an integer >= 1, got {steps!r}")
+        steps = sampler_steps(steps)  # one step in the runner's warm-up
         z = z1 if z1 is not None else torch.randn(tuple(shape), generator=generator, device=device)
         dt = 1.0 / steps
         for k in range(steps):
@@ -113,6 +115,7 @@ class DecoupledDiffusion:
         S + 1 network calls, the final one at t = t_min (the code's ``denoise`` option)."""
         if not isinstance(steps, int) or steps < 1:
             raise CkmError(f"decoupled diffusion: sample_steps must be an integer >= 1, got {steps!r}")
+        steps = sampler_steps(steps)  # one step in the runner's warm-up
         sizes = [1.0 / steps] * steps
         if split_last:
             sizes[-1:] = [1.0 / steps - self.t_min, self.t_min]

@@ -14,7 +14,6 @@ all regions, in one pass, and shared by mse, nmse, mse_gain and psnr.
 
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..errors import CkmError
+from ..threads import idle_cores  # noqa: F401  (the scorers judge free cores as a run does)
 
 PSNR_CAP_DB = 100.0
 
@@ -71,17 +71,6 @@ def worker_pool(threads: int) -> ThreadPoolExecutor:
     if threads not in _POOLS:
         _POOLS[threads] = ThreadPoolExecutor(threads, "ckmbench-score")
     return _POOLS[threads]
-
-
-def idle_cores() -> int:
-    """Cores not taken by other processes (1-minute load average, this process counted as
-    one), at least 1; all of them where the load is unknown."""
-    cores = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return cores
-    return max(1, min(cores, int(cores - load + 1)))
 
 
 class LastResult:

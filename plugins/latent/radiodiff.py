@@ -103,6 +103,7 @@ def loss_name(hp: dict) -> str:
 
 class RadioDiff(CKMDiff):
     name = "radiodiff"
+    channels_last_cpu = True  # measured: faster training steps on one CPU thread (docs/training.md)
     predict_hparams = ("sample_steps", "split_last", "zero_buildings")
 
     def __init__(self, profile: str = "small", hparams: dict | None = None):

@@ -138,6 +138,7 @@ class SRResNetMethod(SRBaseline):
     """SRResNet: the generator trained on the pixel MSE alone."""
 
     name = "srresnet"
+    channels_last_cpu = True  # measured: faster training steps on one CPU thread (docs/training.md)
     trainer_name = "generator"
 
     def build_net(self) -> nn.Module:
