@@ -39,6 +39,9 @@ CGDM_PAPER = dict(
 CGDM_SMALL = dict(
     CGDM_PAPER, base=32, mults=[1, 2, 2, 2], num_res_blocks=1, image_channels=1, image_size=64, residual=True,
     residual_scale=4.0, crop=32, steps=2500, checkpoint_every=250, log_every=50, sampler="ddim", sample_steps=25,
+    # 16 maps a sampling batch (predict-only): the batch the committed small-profile rows were
+    # scored with; the sampler's noise is drawn per batch, so this keeps them reproducible
+    predict_batch=16,
 )
 CGDM_TINY = dict(
     CGDM_SMALL, T=50, base=8, mults=[1, 2], num_res_blocks=1, norm_groups=4, image_size=32, crop=None,
