@@ -15,7 +15,7 @@ import click
 
 from .errors import CkmError
 from .fitlist import StoredFit, find_fit, human_duration
-from .leaderboard import HIGHER_IS_BETTER, _group_boards, format_sig, metric_header, ranking_metric
+from .leaderboard import HIGHER_IS_BETTER, format_sig, group_boards, metric_header, ranking_metric
 from .results import atomic_write_text, read_records, store_path
 
 CARD_FILE = "card.md"
@@ -40,7 +40,7 @@ def _fit_key_of(record: dict) -> str | None:
 def table_scores(key: str, records: list[dict]) -> list[dict]:
     """One entry per committed-table row that used fit ``key``: its value of the table's
     ranking metric and those of the reference interpolation rows."""
-    boards = _group_boards(records, allow_mixed=True)
+    boards = group_boards(records, allow_mixed=True)
     out = []
     for (dataset, task), board in sorted(boards.items()):
         metric = ranking_metric(board.rows)

@@ -17,8 +17,8 @@ Modules: ``table`` (records -> ranked rows; no rendering), ``reported`` (the pap
 from .build import build_leaderboards
 from .formatting import BASE_METRICS, HEADLINE_METRICS, HIGHER_IS_BETTER, format_count, format_sig, metric_header
 from .reported import PROTOCOL_HEADING, REPORTED_HEADING, REPRODUCED_MARK, default_reported_csv, load_reported
-from .table import Board, Row, ranking_metric
+from .table import Board, Row, group_boards, ranking_metric
 
 __all__ = ["BASE_METRICS", "HEADLINE_METRICS", "HIGHER_IS_BETTER", "PROTOCOL_HEADING", "REPORTED_HEADING",
            "REPRODUCED_MARK", "Board", "Row", "build_leaderboards", "default_reported_csv", "format_count",
-           "format_sig", "load_reported", "metric_header", "ranking_metric"]
+           "format_sig", "group_boards", "load_reported", "metric_header", "ranking_metric"]

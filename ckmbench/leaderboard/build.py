@@ -15,7 +15,7 @@ from .examples import _examples_figure, _row_examples
 from .manifest import MANIFEST, _board_inputs_hash, _code_fingerprint, _read_manifest
 from .markdown import _PREAMBLE, _board_markdown, _index_markdown
 from .reported import load_reported
-from .table import _SAFE_NAME, Board, _attach_protocol_rows, _group_boards
+from .table import _SAFE_NAME, Board, _attach_protocol_rows, group_boards
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -111,7 +111,7 @@ def build_leaderboards(records: list[dict], out_dir: Path, store_dir: Path,
     _check_out_dir(out_dir)
     reported = load_reported(reported_csv)
     reported_name = "ckmbench/reference/reported.csv" if reported_csv is None else Path(reported_csv).name
-    boards = _group_boards(list(records), allow_mixed)
+    boards = group_boards(list(records), allow_mixed)
     for (dataset, task), part in reported.groupby(["dataset_id", "task_id"], sort=True):
         if not (_SAFE_NAME.match(dataset) and _SAFE_NAME.match(task)):
             raise CkmError(f"reported numbers: dataset_id/task_id {dataset!r}/{task!r} cannot be a file name: fix the CSV")

@@ -265,7 +265,7 @@ def _check_hashes(board: Board, allow_mixed: bool) -> None:
     board.mixed_hashes = sorted(counts)
 
 
-def _group_boards(records: list[dict], allow_mixed: bool = False) -> dict[tuple[str, str], Board]:
+def group_boards(records: list[dict], allow_mixed: bool = False) -> dict[tuple[str, str], Board]:
     boards: dict[tuple[str, str], Board] = {}
     by_run: dict[tuple, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
     trained_by: dict[str, dict] = {}  # fit key -> the record of the run that trained it
