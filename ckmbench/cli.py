@@ -374,6 +374,21 @@ def stamp_cmd(store):
     click.echo(f"{target}: {stamped} line(s) stamped, {had} already had a checksum")
 
 
+@results.command(name="permap")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--store", default=None, help="Results store holding those runs' records (default $CKMBENCH_STORE, "
+                                            "else your user store).")
+def permap_cmd(run_dirs, store):
+    """Give records made before per-map files existed their per_map file (the leaderboard's
+    confidence intervals), from their run folders' per_sample.csv."""
+    from .permap import backfill
+    from .results import check_store_writable
+
+    target = check_store_writable(store)
+    done = backfill(target, [Path(d) for d in run_dirs])
+    click.echo(f"{target}: per-map files written for {len(done)} record(s)")
+
+
 @cli.command()
 @click.option("--task", "-t", required=True)
 @click.option("--dataset", "-d", default=DEFAULT_DATASET, show_default=True)

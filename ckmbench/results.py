@@ -348,3 +348,26 @@ def stamp_store(path: str | os.PathLike | None = None) -> tuple[Path, int, int]:
         if stamped:
             atomic_write_text(target, "".join(lines))
     return target, stamped, had
+
+
+def update_records(path: str | os.PathLike | None, updates: dict[str, dict]) -> int:
+    """Set fields of the records named by id (``{record_id: {field: value}}``), rewriting the
+    store atomically under its lock with fresh line checksums; returns the lines changed."""
+    target = store_path(path)
+    read_records(target, missing_ok=False)  # the usual errors for a missing or corrupt store
+    changed = 0
+    with _lock(target):
+        remove_stale_tmps(target)
+        lines = []
+        for lineno, raw in enumerate(target.read_bytes().splitlines(), 1):
+            record = _parse_line(raw, f"results store {target} line {lineno}")
+            if record is None:
+                continue
+            extra = updates.get(record.get("record_id"))
+            if extra:
+                record = {**{k: v for k, v in record.items() if k != SUM_KEY}, **extra}
+                changed += 1
+            lines.append(record_line(record))
+        if changed:
+            atomic_write_text(target, "".join(lines))
+    return changed

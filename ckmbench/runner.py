@@ -32,6 +32,7 @@ from .method import Method, RunContext, TaskData
 from .metrics.cost import PeakMemory
 from .overrides import check_dotted, resolve_overrides
 from .plugins import Registry, _short_error, _SigintWatch, registry as default_registry, require_profile
+from .permap import write_per_map
 from .provenance import base_provenance, config_hash
 from .results import append_record, atomic_write_bytes, atomic_write_text, check_store_writable, default_runs_dir
 from .textsafe import check_label
@@ -370,22 +371,6 @@ def save_predictions_db(folder: Path, test, pred: torch.Tensor) -> None:
         atomic_write_bytes(folder / f"{scene}_{int(tx)}.npy", buf.getvalue())
 
 
-def _save_per_map(store_file: Path, record_id: str, test, per_sample: dict, notes: dict) -> str | None:
-    """Each map's metric values (float32) and its scene, beside the store: what the leaderboard's
-    scene-level bootstrap intervals need. A metric scored a paper's way (``<name>_convention``)
-    is left out: its per-map values are not the ones its summary averages."""
-    skip = {key[: -len("_convention")] for key in notes if key.endswith("_convention")}
-    arrays = {name: np.asarray(values, dtype=np.float32) for name, values in per_sample.items()
-              if np.ndim(values) == 1 and len(values) == len(test) and name.split("@")[0] not in skip}
-    if not arrays:
-        return None
-    rel = Path("per_map") / f"{record_id}.npz"
-    buf = io.BytesIO()
-    np.savez_compressed(buf, scene=np.asarray(test.scene).astype(str), **arrays)
-    atomic_write_bytes(store_file.parent / rel, buf.getvalue())
-    return rel.as_posix()
-
-
 def _clean(values: dict) -> dict:
     out = {}
     for k, v in values.items():
@@ -563,7 +548,8 @@ def run(cfg: RunConfig, reg: Registry | None = None) -> dict:
             mark_examples(store_file, record_id)
         record["examples"] = _save_examples(store_file, record_id, prep.test, pred, target, observations, cfg.examples)
         if not cfg.shard:
-            record["per_map"] = _save_per_map(store_file, record_id, prep.test, result.per_sample, record["metric_notes"])
+            record["per_map"] = write_per_map(store_file, record_id, prep.test.scene, result.per_sample,
+                                              record["metric_notes"])
         _write_run_outputs(run_dir, result, prep.test, record, store_file)
     except RunTimeout as exc:
         record.update(status="timeout", message=str(exc))

@@ -117,6 +117,40 @@ def test_bilinear_sr4_end_to_end(tmp_path):
         assert float(np.mean(z["mse"], dtype=np.float64)) == pytest.approx(m["mse"], rel=1e-5)
 
 
+def test_a_record_without_per_map_values_gets_them_from_its_run_folder(tmp_path):
+    """`ckmbench results permap RUN_DIR`: the same per-map file a run writes today, made from the
+    per_sample.csv of a run stored before per-map files existed, and named in its record."""
+    import json
+
+    from click.testing import CliRunner
+
+    from ckmbench.cli import cli
+    from ckmbench.results import update_records
+
+    rec = run(cfg(tmp_path))
+    made = tmp_path / rec["per_map"]
+    with np.load(made) as z:
+        written = {k: z[k] for k in z.files}
+    made.unlink()
+    store = tmp_path / "r.jsonl"
+    assert update_records(store, {rec["record_id"]: {"per_map": None}}) == 1  # as an older record
+    out = CliRunner().invoke(cli, ["results", "permap", rec["run_dir"], "--store", str(store)])
+    assert out.exit_code == 0, out.output
+    again = read_records(store)[0]
+    assert again["per_map"] == rec["per_map"] and json.loads(store.read_text())["_sum"]
+    with np.load(tmp_path / again["per_map"]) as z:
+        assert sorted(z.files) == sorted(written)
+        for name in written:
+            if name == "scene":
+                assert list(z[name]) == list(written[name])
+            else:
+                np.testing.assert_allclose(z[name], written[name], rtol=1e-6)
+    other = tmp_path / "other.jsonl"
+    other.write_text("")
+    out = CliRunner().invoke(cli, ["results", "permap", rec["run_dir"], "--store", str(other)])
+    assert out.exit_code != 0 and "is not in" in str(out.exception)  # the CLI's main prints it in one line
+
+
 def test_same_run_twice_gives_identical_metrics(tmp_path):
     a = run(cfg(tmp_path, task="inpaint", method="idw", fid=False))
     b = run(cfg(tmp_path, task="inpaint", method="idw", fid=False))
