@@ -381,7 +381,7 @@ def test_observation_is_drawn_on_its_true_pixels():
 
     from ckmbench.leaderboard.examples import lowres_offset, observation_on_grid
     from ckmbench.leaderboard.mosaic import Panel, PanelRow, compose, to_rgb
-    from ckmbench_plugins.baselines.grid import upsample_grid
+    from ckmbench.upsample import upsample_grid
 
     rng = np.random.default_rng(0)
     truth = rng.integers(0, 256, (32, 32)).astype(np.uint8)
