@@ -18,7 +18,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from .results import atomic_write_text
+from .results import _pid_alive, atomic_write_text
 
 log = logging.getLogger("ckmbench.leftovers")
 
@@ -37,13 +37,7 @@ def writer_dead(who) -> bool:
     pid = who.get("pid")
     if not isinstance(pid, int) or pid <= 0:
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # exists, owned by another user
-        return False
-    return False
+    return not _pid_alive(pid)
 
 
 def _mark(store_file: Path, record_id: str) -> Path:
