@@ -25,6 +25,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .digest import file_sha256
 from .errors import CkmError
 from .results import atomic_write_text
 
@@ -71,7 +72,7 @@ def fit_hparams(method, hparams: dict) -> dict:
 
 @functools.lru_cache(maxsize=16)
 def _digest(path: str, size: int, mtime_ns: int) -> str:
-    return bytes_digest(Path(path))
+    return file_sha256(Path(path))
 
 
 def file_digest(path: Path, what: str = "file") -> str:
@@ -85,15 +86,6 @@ def file_digest(path: Path, what: str = "file") -> str:
     return _digest(str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
-def bytes_digest(path: Path) -> str:
-    """sha256 of a file's bytes, read now (no memo: a fit's integrity check)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def stamp_fit(folder) -> str:
     """Write the sha256 of ``folder/fit.pt`` into ``folder/fit.json`` as ``fit_sha256`` (for a
     plugin's shipped fits, after training them); returns the digest."""
@@ -101,7 +93,7 @@ def stamp_fit(folder) -> str:
     meta_path = folder / META_FILE
     try:
         meta = json.loads(meta_path.read_text("utf-8"))
-        digest = bytes_digest(folder / FIT_FILE)
+        digest = file_sha256(folder / FIT_FILE)
     except (OSError, ValueError) as exc:
         raise CkmError(f"cannot stamp the fit in {folder} ({exc}): it needs a fit.pt and a readable fit.json") from None
     atomic_write_text(meta_path, json.dumps({**meta, "fit_sha256": digest}, indent=1, sort_keys=True, default=str))
@@ -145,7 +137,7 @@ class FitEntry:
         truncated copy): one line with the fix, before anything is loaded or scored."""
         path = self.dir / FIT_FILE
         want = (self.meta() or {}).get("fit_sha256")
-        if want and path.is_file() and bytes_digest(path) == want:
+        if want and path.is_file() and file_sha256(path) == want:
             return
         why = "" if want else " (its fit.json has no fit_sha256)"
         if self.shipped:

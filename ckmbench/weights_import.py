@@ -19,13 +19,13 @@ keys is present, all of them must be. The key maps: docs/weights.md.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .checkpoints import load_checkpoint_file
+from .digest import file_sha256
 from .errors import CkmError
 
 BATCHNORM_COUNTER = "num_batches_tracked"
@@ -84,14 +84,6 @@ def check_weights_request(spec, profile: str, path) -> None:
                        f"pass -p paper")
     if not Path(path).is_file():
         raise CkmError(f"--weights {path} is not a file: pass the state_dict file the authors published")
-
-
-def sha256_of(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_state_dict(path, source: str) -> dict[str, torch.Tensor]:
@@ -156,5 +148,5 @@ def import_weights(method, path, task, device) -> dict:
         module.load_state_dict({**{k: v for k, v in current.items() if k.endswith(BATCHNORM_COUNTER)}, **mine})
         module.to(device)
         loaded.append(m)
-    return {"source": "imported", "weights": str(Path(path).resolve()), "weights_sha256": sha256_of(path),
+    return {"source": "imported", "weights": str(Path(path).resolve()), "weights_sha256": file_sha256(path),
             "key_map": key_map.source, "modules": loaded, "steps_done": 0, "train_s": None}

@@ -217,7 +217,7 @@ def test_a_shipped_fit_without_checksum_is_refused(tmp_path, monkeypatch):
 
 def test_every_fit_shipped_with_the_diffusion_plugin_carries_its_checksum():
     """The integrator stamps retrained shipped fits with ``ckmbench.fitcache.stamp_fit``."""
-    from ckmbench.fitcache import bytes_digest
+    from ckmbench.digest import file_sha256
     from ckmbench_plugins.diffusion import SHIPPED_FITS
 
     folders = sorted(p for p in Path(SHIPPED_FITS).glob("*") if (p / "fit.json").exists())
@@ -225,4 +225,4 @@ def test_every_fit_shipped_with_the_diffusion_plugin_carries_its_checksum():
         pytest.skip("no fits shipped")
     for folder in folders:
         meta = json.loads((folder / "fit.json").read_text())
-        assert meta.get("fit_sha256") == bytes_digest(folder / "fit.pt"), f"{folder}: run stamp_fit on it"
+        assert meta.get("fit_sha256") == file_sha256(folder / "fit.pt"), f"{folder}: run stamp_fit on it"

@@ -33,6 +33,7 @@ import numpy as np
 from filelock import FileLock
 from platformdirs import user_cache_dir
 
+from ..digest import file_sha256
 from ..results import _pid_alive, check_writable_dir
 from .ondisk import DiskRows, RowFile, create_npy
 from .sample import MapDataset
@@ -56,14 +57,6 @@ def entry_dir(name: str, config: dict, suffix: str = "") -> Path:
     return data_root() / f"{name}-{cache_key(name, config)[:12]}{suffix}"
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_entry(folder: Path, ds: MapDataset, config: dict) -> None:
     """Write ``ds`` to ``folder`` atomically (temp folder + rename)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -81,7 +74,7 @@ def save_entry(folder: Path, ds: MapDataset, config: dict) -> None:
             "splits": ds.splits,
             "meta": ds.meta,
             "content_hash": ds.content_hash,
-            "arrays_sha256": _file_sha256(tmp / "arrays.npz"),
+            "arrays_sha256": file_sha256(tmp / "arrays.npz"),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
         if folder.exists():
@@ -107,7 +100,7 @@ def load_entry(folder: Path) -> MapDataset:
         raise ValueError(f"incomplete cache entry {folder}")
     if meta.get("format") != CACHE_FORMAT:
         raise ValueError(f"cache entry {folder} has format {meta.get('format')}, expected {CACHE_FORMAT}")
-    if _file_sha256(npz_path) != meta.get("arrays_sha256"):
+    if file_sha256(npz_path) != meta.get("arrays_sha256"):
         raise ValueError(f"checksum mismatch in {npz_path}")
     try:
         with np.load(npz_path, allow_pickle=False) as z:
@@ -324,7 +317,7 @@ def _entry_files(folder: Path) -> list[str]:
 
 def save_ondisk_entry(work: Path, folder: Path, ds: MapDataset, config: dict) -> None:
     """Seal the on-disk entry written in ``work`` (checksums, meta.json) and rename it into place."""
-    files = {name: {"sha256": _file_sha256(work / name), "size": (work / name).stat().st_size}
+    files = {name: {"sha256": file_sha256(work / name), "size": (work / name).stat().st_size}
              for name in _entry_files(work)}
     (work / PROGRESS).unlink(missing_ok=True)
     _atomic_json(work / "meta.json", {"format": CACHE_FORMAT, "storage": "ondisk", "name": ds.name,
@@ -348,7 +341,7 @@ def _load_ondisk(folder: Path, meta: dict) -> MapDataset:
             raise ValueError(f"{path} has {st.st_size} bytes, expected {want['size']} (truncated or replaced): {fix}")
         key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino, want["sha256"])
         if full and key not in _VERIFIED:
-            if _file_sha256(path) != want["sha256"]:
+            if file_sha256(path) != want["sha256"]:
                 raise ValueError(f"checksum mismatch in {path} (the file changed after conversion): {fix}")
             _VERIFIED.add(key)
     return open_ondisk(folder, content_hash=meta["content_hash"])
